@@ -1,0 +1,350 @@
+package execution
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/execkit/execkit/fsm"
+)
+
+// writeTimeout bounds the store write that records a provider's answer.
+// It runs even while the engine stops, so that finished work is kept.
+const writeTimeout = 15 * time.Second
+
+// loop is the state of one run of the background loop.
+type loop struct {
+	// claimCtx ends when the loop must stop claiming new work.
+	claimCtx     context.Context
+	stopClaiming context.CancelFunc
+	// workCtx ends when in-flight provider calls must be abandoned.
+	workCtx    context.Context
+	cancelWork context.CancelFunc
+	done       chan struct{}
+}
+
+// Start runs the engine's loop in the background until [Engine.Stop] is
+// called or ctx ends, and returns at once. Executions of actions that no
+// provider is registered for are left untouched and logged. Start returns
+// an error if the engine was started before.
+func (g *Engine) Start(ctx context.Context) error {
+	g.lifeMu.Lock()
+	defer g.lifeMu.Unlock()
+	if g.stopped {
+		return fmt.Errorf("start engine: %w", ErrClosed)
+	}
+	if g.started {
+		return errors.New("start engine: already started")
+	}
+	g.started = true
+
+	g.warnUnregistered(ctx)
+	l := &loop{done: make(chan struct{})}
+	l.claimCtx, l.stopClaiming = context.WithCancel(ctx)
+	l.workCtx, l.cancelWork = context.WithCancel(context.WithoutCancel(ctx))
+	g.loop = l
+	go g.run(l)
+	return nil
+}
+
+// Stop stops claiming new work and waits for in-flight provider calls to
+// finish and their results to be written. If ctx ends first, in-flight
+// calls are canceled; their executions are released without counting a
+// failed attempt, and Stop returns ctx's error once every worker has
+// returned. Stop is safe to call more than once.
+func (g *Engine) Stop(ctx context.Context) error {
+	g.lifeMu.Lock()
+	g.stopped = true
+	l := g.loop
+	g.lifeMu.Unlock()
+	if l == nil {
+		return nil
+	}
+
+	l.stopClaiming()
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+		l.cancelWork()
+		<-l.done
+		return fmt.Errorf("stop engine: %w", ctx.Err())
+	}
+}
+
+func (g *Engine) warnUnregistered(ctx context.Context) {
+	live, err := g.store.LiveActions(ctx)
+	if err != nil {
+		g.log.WarnContext(ctx, "list live actions", attrError, err)
+		return
+	}
+	for _, a := range live {
+		if g.provider(a) == nil {
+			g.log.WarnContext(ctx, "live executions wait for an unregistered provider; left untouched",
+				attrAction, a)
+		}
+	}
+}
+
+// run is the background loop: claim as many due executions as there are
+// free workers, hand each to a worker, and sleep until the next one is due
+// or something wakes it.
+func (g *Engine) run(l *loop) {
+	defer close(l.done)
+	slots := make(chan struct{}, g.cfg.Workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	for l.claimCtx.Err() == nil {
+		free := cap(slots) - len(slots)
+		if free == 0 {
+			g.sleep(l.claimCtx, g.cfg.PollInterval)
+			continue
+		}
+		batch, token, err := g.claim(l.claimCtx, free)
+		if err != nil {
+			if l.claimCtx.Err() == nil {
+				g.log.ErrorContext(l.claimCtx, "claim executions", attrError, err)
+				g.sleep(l.claimCtx, g.cfg.PollInterval)
+			}
+			continue
+		}
+		for _, e := range batch {
+			slots <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-slots; g.signal() }()
+				g.process(l.workCtx, e, token)
+			})
+		}
+		if len(batch) < free {
+			g.sleep(l.claimCtx, g.idleWait(l.claimCtx))
+		}
+	}
+}
+
+// RunOnce claims the executions that are due now, up to
+// [Config.Workers], processes them concurrently and returns how many it
+// processed once all are written. It serves tests and hosts that schedule
+// the engine themselves; it may run alongside [Engine.Start].
+func (g *Engine) RunOnce(ctx context.Context) (int, error) {
+	batch, token, err := g.claim(ctx, g.cfg.Workers)
+	if err != nil {
+		return 0, err
+	}
+	var wg sync.WaitGroup
+	for _, e := range batch {
+		wg.Go(func() { g.process(ctx, e, token) })
+	}
+	wg.Wait()
+	return len(batch), nil
+}
+
+func (g *Engine) claim(ctx context.Context, limit int) ([]Execution, string, error) {
+	now := g.now()
+	token := g.ids.next("lse_", now)
+	batch, err := g.store.Claim(ctx, ClaimParams{
+		Now:     now,
+		Until:   now.Add(g.cfg.LeaseDuration),
+		Owner:   token,
+		Actions: g.actions(),
+		Limit:   limit,
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("claim executions: %w", err)
+	}
+	return batch, token, nil
+}
+
+// idleWait is how long the loop may sleep: until the next execution is
+// due, at most PollInterval.
+func (g *Engine) idleWait(ctx context.Context) time.Duration {
+	due, ok, err := g.store.NextDue(ctx, g.actions())
+	if err != nil || !ok {
+		return g.cfg.PollInterval
+	}
+	return clampDuration(due.Sub(g.now()), time.Millisecond, g.cfg.PollInterval)
+}
+
+// sleep waits for d, a wake signal, or the end of ctx.
+func (g *Engine) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-g.wake:
+	case <-ctx.Done():
+	}
+}
+
+// process makes one provider call for a claimed execution and writes the
+// answer. ctx ending means the engine is stopping: the execution is then
+// released, and the interrupted call does not count as a failure.
+func (g *Engine) process(ctx context.Context, e Execution, token string) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
+
+	now := g.now()
+	p := g.provider(e.Action)
+	if p == nil { // unregistered since the claim
+		g.release(wctx, e, token, now.Add(g.cfg.CheckInterval))
+		return
+	}
+	if !e.Deadline.IsZero() && !now.Before(e.Deadline) {
+		u := Update{Status: fsm.Failed, Reason: "deadline passed",
+			Error: &Error{Code: CodeTimeout, Message: "deadline " + e.Deadline.Format(TimeFormat) + " passed"}}
+		g.finish(wctx, e, token, u, nil, false)
+		return
+	}
+
+	submit := e.SubmittedAt.IsZero()
+	callCtx, cancelCall := context.WithTimeout(ctx, g.cfg.ProviderTimeout)
+	var u Update
+	var err error
+	if submit {
+		u, err = p.Submit(callCtx, e)
+	} else {
+		u, err = p.Check(callCtx, e)
+	}
+	cancelCall()
+
+	switch {
+	case err != nil && ctx.Err() != nil:
+		g.release(wctx, e, token, g.now())
+	case err != nil:
+		g.fail(wctx, e, token, err)
+	default:
+		g.finish(wctx, e, token, u, p, submit)
+	}
+}
+
+// finish writes a provider's answer. If the execution changed since the
+// claim (a pushed update or a cancel), the answer is applied to the
+// changed record as long as the lease holds.
+func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update, p Provider, submitted bool) {
+	for range maxConflictRetries {
+		now := g.now()
+		w, err := g.plan(ctx, e, u, now)
+		if err != nil {
+			g.log.WarnContext(ctx, "provider answer not applied", attrExecution, e.ID, attrError, err)
+			if errors.Is(err, ErrInvalidTransition) {
+				g.ignore(ctx, e, u.Status, err.Error(), now)
+				w, _ = g.plan(ctx, e, Update{}, now)
+			} else {
+				g.fail(ctx, e, token, fmt.Errorf("provider answer: %w", err))
+				return
+			}
+		}
+		w.Expect.LeaseOwner = token
+		next := &w.Execution
+		next.LeaseOwner = ""
+		if p != nil {
+			next.Checks++
+			next.FailedAttempts = 0
+		}
+		if submitted && next.SubmittedAt.IsZero() {
+			next.SubmittedAt = now
+		}
+		if !next.Done() {
+			wait := g.cfg.CheckInterval
+			if u.CheckAfter > 0 {
+				wait = u.CheckAfter
+			}
+			next.NextCheckAt = g.bounded(now.Add(wait), next.Deadline)
+		}
+
+		err = g.store.Write(ctx, w)
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, ErrConflict) {
+			g.log.ErrorContext(ctx, "write provider answer", attrExecution, e.ID, attrError, err)
+			g.release(ctx, e, token, now.Add(g.cfg.MinBackoff))
+			return
+		}
+
+		fresh, err := g.store.Get(ctx, e.ID)
+		if err != nil {
+			g.log.ErrorContext(ctx, "reload execution", attrExecution, e.ID, attrError, err)
+			return
+		}
+		if fresh.LeaseOwner != token {
+			if submitted && fresh.Status == fsm.Canceled {
+				g.cancelOrphan(ctx, p, fresh)
+			}
+			return // the lease moved on, or a terminal write cleared it
+		}
+		e = fresh
+	}
+	g.release(ctx, e, token, g.now())
+}
+
+// cancelOrphan asks the provider to stop work it accepted for an execution
+// that was canceled while the submission was in flight.
+func (g *Engine) cancelOrphan(ctx context.Context, p Provider, e Execution) {
+	c, ok := p.(Canceler)
+	if !ok {
+		return
+	}
+	if err := c.Cancel(ctx, e); err != nil {
+		g.log.WarnContext(ctx, "cancel work submitted during cancel", attrExecution, e.ID, attrError, err)
+	}
+}
+
+// fail records a failed provider call: a permanent error fails the
+// execution; a transient one schedules a retry after backoff, or fails the
+// execution once MaxFailedAttempts is reached.
+func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr error) {
+	attempts := e.FailedAttempts + 1
+	var perm *PermanentError
+	if errors.As(callErr, &perm) {
+		u := Update{Status: fsm.Failed, Reason: "permanent provider error",
+			Error: &Error{Code: perm.Code, Message: perm.Message}}
+		g.finish(ctx, e, token, u, nil, false)
+		return
+	}
+	if g.cfg.MaxFailedAttempts > 0 && attempts >= g.cfg.MaxFailedAttempts {
+		u := Update{Status: fsm.Failed, Reason: "retries exhausted",
+			Error: &Error{Code: CodeRetriesExhausted,
+				Message: fmt.Sprintf("%d failed attempts in a row, the last: %v", attempts, callErr)}}
+		g.finish(ctx, e, token, u, nil, false)
+		return
+	}
+
+	now := g.now()
+	wait := backoff(attempts, g.cfg.MinBackoff, g.cfg.MaxBackoff, rand.Float64())
+	var ra *RetryAfterError
+	if errors.As(callErr, &ra) && ra.After > 0 {
+		wait = min(ra.After, g.cfg.MaxBackoff)
+	}
+	g.log.DebugContext(ctx, "provider call failed", attrExecution, e.ID, attrError, callErr,
+		"attempt", attempts, "retry_in", wait)
+
+	next := e
+	next.FailedAttempts = attempts
+	next.UpdatedAt = now
+	next.LeaseOwner = ""
+	next.NextCheckAt = g.bounded(now.Add(wait), e.Deadline)
+	w := Write{Expect: Expect{Status: e.Status, Version: e.Version, LeaseOwner: token}, Execution: next}
+	if err := g.store.Write(ctx, w); err != nil && !errors.Is(err, ErrConflict) {
+		g.log.ErrorContext(ctx, "record failed attempt", attrExecution, e.ID, attrError, err)
+	} else if err != nil {
+		g.release(ctx, e, token, now)
+	}
+}
+
+func (g *Engine) release(ctx context.Context, e Execution, token string, next time.Time) {
+	if err := g.store.Release(ctx, e.ID, token, next); err != nil {
+		g.log.ErrorContext(ctx, "release lease", attrExecution, e.ID, attrError, err)
+	}
+}
+
+// bounded returns t, or the deadline if that comes first.
+func (g *Engine) bounded(t, deadline time.Time) time.Time {
+	if !deadline.IsZero() && deadline.Before(t) {
+		return deadline
+	}
+	return t
+}

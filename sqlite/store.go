@@ -1,0 +1,225 @@
+// Package sqlite is execkit's [execution.Store] on SQLite, through the
+// pure-Go driver modernc.org/sqlite: no cgo.
+//
+// One file holds everything. The store keeps one writer connection, whose
+// transactions begin IMMEDIATE so that writers queue on the busy timeout
+// instead of failing, and a pool of read-only connections; WAL lets the
+// readers run while a write is in progress. Several processes may open the
+// same file at once.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	msqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/execkit/execkit/execution"
+)
+
+// Options tunes [Open]. The zero value of every field selects the default
+// named in its comment.
+type Options struct {
+	// SyncFull sets synchronous=FULL, which makes every commit durable
+	// through a power loss at the cost of an fsync per commit. The default,
+	// NORMAL, is durable through a crash of the process; in WAL mode a
+	// power loss may lose the last commits but never corrupts the file.
+	SyncFull bool
+	// BusyTimeout is how long a connection waits for another writer's lock
+	// before giving up. Zero means 10 seconds.
+	BusyTimeout time.Duration
+	// Readers is the size of the read pool. Zero means 4.
+	Readers int
+	// Logger receives the store's logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is an [execution.Store] on one SQLite file. It is safe for
+// concurrent use.
+type Store struct {
+	w      *sql.DB // one connection, immediate transactions
+	r      *sql.DB // read-only pool
+	log    *slog.Logger
+	closed atomic.Bool
+
+	// beforeCommit, when set by a test, runs inside every write
+	// transaction just before it commits.
+	beforeCommit func(context.Context)
+}
+
+var _ execution.Store = (*Store)(nil)
+
+// Open opens or creates the SQLite file at path and brings its schema up
+// to date. It fails with an error wrapping [ErrSchemaTooNew] for a file
+// written by a newer version of execkit.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	if path == "" || strings.ContainsAny(path, "?#") || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
+		return nil, fmt.Errorf("open store: path %q must be a plain file path", path)
+	}
+	if opts.BusyTimeout == 0 {
+		opts.BusyTimeout = 10 * time.Second
+	}
+	if opts.Readers == 0 {
+		opts.Readers = 4
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	sync := "NORMAL"
+	if opts.SyncFull {
+		sync = "FULL"
+	}
+
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", opts.BusyTimeout.Milliseconds()))
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous("+sync+")")
+	writerQuery := url.Values{"_pragma": append([]string{"journal_mode(WAL)"}, q["_pragma"]...)}
+	writerQuery.Set("_txlock", "immediate")
+	writerQuery.Set("_auto_vacuum", "incremental")
+	readerQuery := url.Values{"_pragma": append([]string{"query_only(1)"}, q["_pragma"]...)}
+
+	w, err := sql.Open("sqlite", path+"?"+writerQuery.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetConnMaxIdleTime(0)
+	w.SetConnMaxLifetime(0)
+	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+
+	r, err := sql.Open("sqlite", path+"?"+readerQuery.Encode())
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open store %s: readers: %w", path, err)
+	}
+	r.SetMaxOpenConns(opts.Readers)
+	r.SetMaxIdleConns(opts.Readers)
+	return &Store{w: w, r: r, log: opts.Logger}, nil
+}
+
+// DB returns the writer connection pool, so that a host can run its own
+// statements and begin the transactions it passes to
+// [execution.Engine.CreateTx]. Its transactions begin IMMEDIATE. The pool
+// has one connection: hold a transaction only as long as needed, since
+// the engine waits for it.
+func (s *Store) DB() *sql.DB { return s.w }
+
+// Close closes the file. It is safe to call more than once.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// write runs fn in an immediate transaction and commits it. A busy
+// database (another process held the lock past the busy timeout) is
+// retried a few times with growing pauses before its error is returned.
+func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+	if s.closed.Load() {
+		return execution.ErrClosed
+	}
+	const tries = 5
+	var err error
+	for attempt := range tries {
+		if attempt > 0 {
+			t := time.NewTimer(time.Duration(attempt*attempt) * 20 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		err = s.writeOnce(ctx, fn)
+		if !isBusy(err) {
+			return err
+		}
+		s.log.WarnContext(ctx, "database busy, retrying write", "attempt", attempt+1)
+	}
+	return err
+}
+
+func (s *Store) writeOnce(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if s.beforeCommit != nil {
+		s.beforeCommit(ctx)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// read returns the pool for reads, or ErrClosed.
+func (s *Store) read() (*sql.DB, error) {
+	if s.closed.Load() {
+		return nil, execution.ErrClosed
+	}
+	return s.r, nil
+}
+
+func isBusy(err error) bool {
+	var se *msqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	code := se.Code() & 0xff
+	return code == sqlite3.SQLITE_BUSY || code == sqlite3.SQLITE_LOCKED
+}
+
+func isUniqueViolation(err error) bool {
+	var se *msqlite.Error
+	return errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+}
+
+// millis stores t as Unix milliseconds, and the zero time as NULL.
+func millis(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+// fromMillis reads a time stored by millis, in UTC.
+func fromMillis(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return time.UnixMilli(v.Int64).UTC()
+}
+
+// nullString stores "" as NULL.
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// nullJSON stores a nil document as NULL.
+func nullJSON(b []byte) any {
+	if b == nil {
+		return nil
+	}
+	return string(b)
+}
