@@ -341,8 +341,8 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 // Cancel cancels an execution and returns it afterwards. A pending or
 // accepted execution can always be canceled; a running one only if its
 // provider implements [Canceler]. Whenever the provider can cancel and the
-// work was submitted, it is asked first, and a failure there changes
-// nothing. Canceling a canceled execution succeeds and changes nothing; an
+// work was submitted, it is asked first, and its error is returned with
+// nothing changed. Canceling a canceled execution succeeds and changes nothing; an
 // execution that reached another terminal state first (a cancel that lost
 // the race to completion) is returned as it is, with an error wrapping
 // [ErrTerminal].
@@ -371,7 +371,7 @@ func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, erro
 			return e, fmt.Errorf("cancel execution %s: %w: provider %q cannot cancel running work",
 				id, ErrInvalidTransition, e.Provider)
 		}
-		if canCancel && !e.SubmittedAt.IsZero() {
+		if canCancel && (e.Status == fsm.Running || !e.SubmittedAt.IsZero()) {
 			if err := canceler.Cancel(ctx, e); err != nil {
 				return e, fmt.Errorf("cancel execution %s: provider cancel: %w", id, err)
 			}
