@@ -59,13 +59,6 @@ func scanExecution(row scanner) (execution.Execution, error) {
 	return e, nil
 }
 
-// querier is what reads need: a pool or a transaction.
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
 // Create implements [execution.Store.Create].
 func (s *Store) Create(ctx context.Context, c execution.Creation) (execution.Execution, bool, error) {
 	var (
