@@ -195,10 +195,10 @@ func (s *Store) List(ctx context.Context, f execution.Filter) (execution.Page, e
 		where("owner = ?", f.Owner)
 	}
 	if !f.CreatedAfter.IsZero() {
-		where("created_at >= ?", f.CreatedAfter.UnixMilli())
+		where("created_at >= ?", ceilMillis(f.CreatedAfter))
 	}
 	if !f.CreatedBefore.IsZero() {
-		where("created_at < ?", f.CreatedBefore.UnixMilli())
+		where("created_at < ?", ceilMillis(f.CreatedBefore))
 	}
 	if f.Cursor != "" {
 		where("id < ?", f.Cursor)

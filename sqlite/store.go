@@ -200,6 +200,16 @@ func millis(t time.Time) any {
 	return t.UnixMilli()
 }
 
+// ceilMillis is t in Unix milliseconds, rounded up, so that a bound finer
+// than a millisecond compares right with stored times.
+func ceilMillis(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if t.Sub(time.UnixMilli(ms)) > 0 {
+		ms++
+	}
+	return ms
+}
+
 // fromMillis reads a time stored by millis, in UTC.
 func fromMillis(v sql.NullInt64) time.Time {
 	if !v.Valid {
