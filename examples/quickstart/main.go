@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -23,7 +24,7 @@ func main() {
 	dbPath := flag.String("db", filepath.Join(os.TempDir(), "execkit-quickstart.db"),
 		"SQLite file to use; it is replaced on every run")
 	flag.Parse()
-	if err := run(context.Background(), *dbPath); err != nil {
+	if err := run(context.Background(), os.Stdout, *dbPath); err != nil {
 		fmt.Fprintln(os.Stderr, "quickstart:", err)
 		os.Exit(1)
 	}
@@ -39,7 +40,7 @@ var orders = []execution.CreateRequest{
 		Input: []byte(`{"name":"Example Ventures","jurisdiction":"DE"}`)},
 }
 
-func run(ctx context.Context, dbPath string) error {
+func run(ctx context.Context, out io.Writer, dbPath string) error {
 	for _, suffix := range []string{"", "-wal", "-shm"} {
 		if err := os.Remove(dbPath + suffix); err != nil && !os.IsNotExist(err) {
 			return err
@@ -94,11 +95,11 @@ func run(ctx context.Context, dbPath string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("created %s  %-18s %s\n", e.ID, e.Action, e.Input)
+		fmt.Fprintf(out, "created %s  %-18s %s\n", e.ID, e.Action, e.Input)
 		ids = append(ids, e.ID)
 	}
 
-	fmt.Printf("\nrunning the engine on %s ...\n", dbPath)
+	fmt.Fprintf(out, "\nrunning the engine on %s ...\n", dbPath)
 	start := time.Now()
 	if err := engine.Start(ctx); err != nil {
 		return err
@@ -112,10 +113,10 @@ func run(ctx context.Context, dbPath string) error {
 	if waitErr != nil {
 		return waitErr
 	}
-	fmt.Printf("all %d executions terminal after %s\n", len(ids), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "all %d executions terminal after %s\n", len(ids), time.Since(start).Round(time.Millisecond))
 
 	for _, id := range ids {
-		if err := printExecution(ctx, engine, id); err != nil {
+		if err := printExecution(ctx, out, engine, id); err != nil {
 			return err
 		}
 	}
@@ -147,7 +148,7 @@ func waitForAll(ctx context.Context, engine *execution.Engine, ids []string, lim
 	}
 }
 
-func printExecution(ctx context.Context, engine *execution.Engine, id string) error {
+func printExecution(ctx context.Context, out io.Writer, engine *execution.Engine, id string) error {
 	e, err := engine.Get(ctx, id)
 	if err != nil {
 		return err
@@ -161,25 +162,25 @@ func printExecution(ctx context.Context, engine *execution.Engine, id string) er
 		return err
 	}
 
-	fmt.Printf("\n%s  %s  %s (version %d, %d checks, provider ref %s)\n",
+	fmt.Fprintf(out, "\n%s  %s  %s (version %d, %d checks, provider ref %s)\n",
 		e.ID, e.Action, strings.ToUpper(string(e.Status)), e.Version, e.Checks, e.ExternalRef)
 	for _, t := range history {
 		from := string(t.From)
 		if from == "" {
 			from = "·"
 		}
-		fmt.Printf("  +%-6s v%d  %-8s → %-9s (%s)\n",
+		fmt.Fprintf(out, "  +%-6s v%d  %-8s → %-9s (%s)\n",
 			t.At.Sub(e.CreatedAt).Round(time.Millisecond), t.Version, from, t.To, t.Event)
 	}
 	if e.Output != nil {
-		fmt.Printf("  output: %s\n", e.Output)
+		fmt.Fprintf(out, "  output: %s\n", e.Output)
 	}
 	if e.Error != nil {
-		fmt.Printf("  error:  %s: %s\n", e.Error.Code, e.Error.Message)
+		fmt.Fprintf(out, "  error:  %s: %s\n", e.Error.Code, e.Error.Message)
 	}
-	fmt.Printf("  outbox:\n")
+	fmt.Fprintf(out, "  outbox:\n")
 	for _, ev := range events {
-		fmt.Printf("    %s\n", ev.Payload)
+		fmt.Fprintf(out, "    %s\n", ev.Payload)
 	}
 	return nil
 }

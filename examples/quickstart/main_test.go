@@ -1,0 +1,37 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestQuickstart runs the quickstart end to end on a temp file and checks
+// the timelines it prints.
+func TestQuickstart(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), &out, filepath.Join(t.TempDir(), "q.db")); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{
+		"all 3 executions terminal",
+		"servers.provision  COMPLETED (version 5",
+		"domains.register  COMPLETED (version 4",
+		"companies.form  REFUNDED (version 3",
+		"error:  name_unavailable: the registry rejected the company name",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	// Every history row is printed, and one outbox event for each.
+	rows := regexp.MustCompile(`(?m)^  \+\S+\s+v\d`).FindAllString(got, -1)
+	events := regexp.MustCompile(`(?m)^    \{"id":"evt_`).FindAllString(got, -1)
+	if len(rows) != 5+4+3 || len(events) != len(rows) {
+		t.Errorf("printed %d history rows and %d events, want 12 of each:\n%s", len(rows), len(events), got)
+	}
+}
