@@ -33,7 +33,8 @@ type Store interface {
 	// returns an error wrapping [ErrConflict] if it does not.
 	Write(ctx context.Context, w Write) error
 	// Claim leases up to p.Limit live executions whose next check is due
-	// at p.Now, for actions in p.Actions, earliest first. A claimed row
+	// at p.Now, for actions in p.Actions, choosing the earliest due first,
+	// and returns them in id order (oldest created first). A claimed row
 	// gets LeaseOwner p.Owner and NextCheckAt p.Until, so an abandoned
 	// lease becomes due again when it expires.
 	Claim(ctx context.Context, p ClaimParams) ([]Execution, error)
@@ -67,10 +68,14 @@ type Creation struct {
 type Write struct {
 	// Expect is the state the change was decided on.
 	Expect Expect
-	// Execution is the new row. Status, Version and every other field are
-	// stored as given, with one exception: a write without a lease leaves
-	// NextCheckAt and LeaseOwner alone while a worker holds the row,
-	// unless the new status is terminal.
+	// Execution is the new row. Its mutable fields (status, version,
+	// output, progress, error, external reference, counters and times)
+	// are stored as given; the identity fields (id, action, provider,
+	// owner, input, idempotency key, request hash, creation time) never
+	// change. A write with Expect.LeaseOwner ends that lease. A write
+	// without one leaves NextCheckAt and the lease alone while a worker
+	// holds the row, unless the new status is terminal, which always
+	// clears both.
 	Execution Execution
 	// Transitions and Events are appended with the change.
 	Transitions []Transition
