@@ -200,15 +200,7 @@ func (g *Engine) process(ctx context.Context, e Execution, token string) {
 	}
 
 	submit := e.SubmittedAt.IsZero()
-	callCtx, cancelCall := context.WithTimeout(ctx, g.cfg.ProviderTimeout)
-	var u Update
-	var err error
-	if submit {
-		u, err = p.Submit(callCtx, e)
-	} else {
-		u, err = p.Check(callCtx, e)
-	}
-	cancelCall()
+	u, err := g.call(ctx, p, e, submit)
 
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -218,6 +210,24 @@ func (g *Engine) process(ctx context.Context, e Execution, token string) {
 	default:
 		g.finish(wctx, e, token, u, p, submit)
 	}
+}
+
+// call makes one provider call under ProviderTimeout. A panic in the
+// provider is turned into a transient error, so that one bad answer cannot
+// take the host down.
+func (g *Engine) call(ctx context.Context, p Provider, e Execution, submit bool) (u Update, err error) {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.ProviderTimeout)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			g.log.ErrorContext(ctx, "provider panicked", attrExecution, e.ID, attrAction, e.Action, "panic", r)
+			u, err = Update{}, fmt.Errorf("provider %s panicked: %v", p.Name(), r)
+		}
+	}()
+	if submit {
+		return p.Submit(ctx, e)
+	}
+	return p.Check(ctx, e)
 }
 
 // finish writes a provider's answer. If the execution changed since the

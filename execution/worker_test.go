@@ -368,3 +368,31 @@ func TestTwoEnginesShareOneFile(t *testing.T) {
 		}
 	}
 }
+
+// panicky panics on every call.
+type panicky struct{}
+
+func (panicky) Name() string { return "panicky" }
+func (panicky) Submit(context.Context, execution.Execution) (execution.Update, error) {
+	panic("index out of range")
+}
+func (panicky) Check(context.Context, execution.Execution) (execution.Update, error) {
+	panic("unreachable")
+}
+
+func TestProviderPanicIsAFailedAttempt(t *testing.T) {
+	t.Parallel()
+	e := setup(t, execution.Config{}, nil)
+	if err := e.engine.Register("bad.job", panicky{}); err != nil {
+		t.Fatal(err)
+	}
+	x := e.create("bad.job")
+	e.runOnce()
+	got := e.get(x.ID)
+	if got.FailedAttempts != 1 || got.Status != fsm.Pending || got.LeaseOwner != "" {
+		t.Fatalf("after a panic: attempts %d, status %s, lease %q", got.FailedAttempts, got.Status, got.LeaseOwner)
+	}
+	if msgs := e.logs.messages(); len(msgs) != 1 || !strings.Contains(msgs[0], "provider panicked") {
+		t.Fatalf("logs = %q", msgs)
+	}
+}
