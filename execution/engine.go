@@ -113,7 +113,8 @@ type Engine struct {
 	mu        sync.RWMutex
 	providers map[string]Provider
 
-	wake chan struct{}
+	wake  chan struct{}
+	watch watchers
 
 	lifeMu  sync.Mutex
 	started bool
@@ -332,7 +333,7 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 		} else if err != nil {
 			return e, fmt.Errorf("apply update to %s: %w", id, err)
 		}
-		g.signal()
+		g.changed(id)
 		return w.Execution, nil
 	}
 	return Execution{}, fmt.Errorf("apply update to %s: %w after %d tries", id, ErrConflict, maxConflictRetries)
@@ -389,6 +390,7 @@ func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, erro
 		} else if err != nil {
 			return e, fmt.Errorf("cancel execution %s: %w", id, err)
 		}
+		g.changed(id)
 		return w.Execution, nil
 	}
 	return Execution{}, fmt.Errorf("cancel execution %s: %w after %d tries", id, ErrConflict, maxConflictRetries)
@@ -412,6 +414,12 @@ func (g *Engine) ignore(ctx context.Context, e Execution, reported fsm.State, re
 
 func (g *Engine) now() time.Time {
 	return g.cfg.Clock.Now().UTC().Truncate(time.Millisecond)
+}
+
+// changed wakes the loop and the waiters of an execution after a write.
+func (g *Engine) changed(id string) {
+	g.watch.notify(id)
+	g.signal()
 }
 
 // signal wakes the loop without blocking.

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/execkit/execkit/internal/backoff"
 	"github.com/execkit/execkit/fsm"
 )
 
@@ -165,7 +166,7 @@ func (g *Engine) idleWait(ctx context.Context) time.Duration {
 	if err != nil || !ok {
 		return g.cfg.PollInterval
 	}
-	return clampDuration(due.Sub(g.now()), time.Millisecond, g.cfg.PollInterval)
+	return backoff.Clamp(due.Sub(g.now()), time.Millisecond, g.cfg.PollInterval)
 }
 
 // sleep waits for d, a wake signal, or the end of ctx.
@@ -267,6 +268,9 @@ func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update
 
 		err = g.store.Write(ctx, w)
 		if err == nil {
+			if len(w.Transitions) > 0 {
+				g.watch.notify(e.ID)
+			}
 			return
 		}
 		if !errors.Is(err, ErrConflict) {
@@ -324,7 +328,7 @@ func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr er
 	}
 
 	now := g.now()
-	wait := backoff(attempts, g.cfg.MinBackoff, g.cfg.MaxBackoff, rand.Float64())
+	wait := backoff.Delay(attempts, g.cfg.MinBackoff, g.cfg.MaxBackoff, rand.Float64())
 	var ra *RetryAfterError
 	if errors.As(callErr, &ra) && ra.After > 0 {
 		wait = min(ra.After, g.cfg.MaxBackoff)

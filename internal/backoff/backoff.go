@@ -1,0 +1,26 @@
+// Package backoff computes capped exponential backoff with jitter.
+package backoff
+
+import "time"
+
+// Delay returns the wait before retry number attempt (1 for the first):
+// lo doubled for each earlier attempt, capped at hi, then scaled into its
+// upper half by jitter, a number in [0, 1). It cannot overflow however
+// large attempt or hi are.
+func Delay(attempt int, lo, hi time.Duration, jitter float64) time.Duration {
+	d := lo
+	for i := 1; i < attempt && d < hi; i++ {
+		if d > hi/2 {
+			d = hi
+			break
+		}
+		d *= 2
+	}
+	d = Clamp(d, lo, hi)
+	return d/2 + time.Duration(jitter*float64(d/2))
+}
+
+// Clamp returns d bounded to [lo, hi].
+func Clamp(d, lo, hi time.Duration) time.Duration {
+	return max(lo, min(d, hi))
+}
