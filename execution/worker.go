@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/execkit/execkit/internal/backoff"
 	"github.com/execkit/execkit/fsm"
+	"github.com/execkit/execkit/internal/backoff"
 )
 
 // writeTimeout bounds the store write that records a provider's answer.
