@@ -1,7 +1,8 @@
 // Quickstart opens a SQLite file, registers scripted providers for three
 // actions, creates one execution of each, runs the engine until all three
 // are terminal, and prints each execution's timeline and the outbox events
-// that announce it.
+// that announce it. Meanwhile it serves the execution resource on loopback
+// and follows the first execution with the HTTP client's long polls.
 package main
 
 import (
@@ -10,12 +11,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/execkit/execkit/execution"
+	"github.com/execkit/execkit/httpapi"
 	"github.com/execkit/execkit/providers/fake"
 	"github.com/execkit/execkit/sqlite"
 )
@@ -99,12 +103,33 @@ func run(ctx context.Context, out io.Writer, dbPath string) error {
 		ids = append(ids, e.ID)
 	}
 
+	// Serve the execution resource on loopback, as a host would mount it.
+	handler, err := httpapi.NewHandler(httpapi.Config{Engine: engine, Authenticate: httpapi.SingleOwner("cus_42")})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		srv.Close()
+		<-served
+	}()
+	baseURL := "http://" + ln.Addr().String()
+
 	fmt.Fprintf(out, "\nrunning the engine on %s ...\n", dbPath)
 	start := time.Now()
 	if err := engine.Start(ctx); err != nil {
 		return err
 	}
-	waitErr := waitForAll(ctx, engine, ids, 30*time.Second)
+	waitErr := pollOverHTTP(ctx, out, baseURL, ids[0], start)
+	if waitErr == nil {
+		waitErr = waitForAll(ctx, engine, ids, 30*time.Second)
+	}
 	stopCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := engine.Stop(stopCtx); err != nil {
@@ -121,6 +146,22 @@ func run(ctx context.Context, out io.Writer, dbPath string) error {
 		}
 	}
 	return nil
+}
+
+// pollOverHTTP waits for one execution with the HTTP client, as a remote
+// caller would, printing every version the long polls bring back.
+func pollOverHTTP(ctx context.Context, out io.Writer, baseURL, id string, start time.Time) error {
+	client, err := httpapi.NewClient(baseURL, httpapi.ClientConfig{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "polling %s/executions/%s with long polls:\n", baseURL, id)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = client.WaitFunc(ctx, id, func(x httpapi.Execution) {
+		fmt.Fprintf(out, "  +%-6s GET -> %-9s version %d\n", time.Since(start).Round(10*time.Millisecond), x.Status, x.Version)
+	})
+	return err
 }
 
 // waitForAll polls the executions until every one is terminal, as a

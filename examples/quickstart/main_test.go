@@ -19,6 +19,9 @@ func TestQuickstart(t *testing.T) {
 	got := out.String()
 	for _, want := range []string{
 		"all 3 executions terminal",
+		"with long polls:",
+		"GET -> pending   version 1",
+		"GET -> completed version 5",
 		"servers.provision  COMPLETED (version 5",
 		"domains.register  COMPLETED (version 4",
 		"companies.form  REFUNDED (version 3",
