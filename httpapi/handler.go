@@ -234,6 +234,10 @@ type cancelRequest struct {
 }
 
 func (h *handler) cancel(w http.ResponseWriter, r *http.Request, owner string) {
+	if p := checkJSONContent(r); p != nil {
+		writeProblem(w, p)
+		return
+	}
 	var req cancelRequest
 	if p := h.decodeBody(w, r, &req, true); p != nil {
 		writeProblem(w, p)
