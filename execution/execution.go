@@ -34,6 +34,10 @@ type Execution struct {
 	// Version counts the transitions: 1 at creation, one more for each
 	// transition, the progress self-loop included.
 	Version int64
+	// Revision counts every write of the row, transitions, claims and
+	// reschedules alike. Conditional writes compare it, so that no write
+	// decided on an old copy can undo a newer one.
+	Revision int64
 	// Input is the request, a JSON object.
 	Input json.RawMessage
 	// Output is the result a provider reported, a JSON object or nil.
@@ -76,7 +80,7 @@ type Execution struct {
 }
 
 // Done reports whether the execution is in a terminal state.
-func (e *Execution) Done() bool { return e.Status.Terminal() }
+func (e Execution) Done() bool { return e.Status.Terminal() }
 
 // Error is why an execution failed: a stable machine-readable code and a
 // human-readable message.

@@ -25,6 +25,7 @@ import (
 // touch the store. The write expects e's status and version, and no lease.
 func (g *Engine) plan(ctx context.Context, e Execution, u Update, now time.Time) (Write, error) {
 	next := e
+	next.Revision = e.Revision + 1
 	next.UpdatedAt = now
 	if u.Output != nil {
 		out, err := checkObject("output", u.Output, g.cfg.MaxInputBytes)
@@ -64,7 +65,7 @@ func (g *Engine) plan(ctx context.Context, e Execution, u Update, now time.Time)
 		}
 	}
 
-	w := Write{Expect: Expect{Status: e.Status, Version: e.Version}}
+	w := Write{Expect: Expect{Status: e.Status, Version: e.Version, Revision: e.Revision}}
 	for _, ev := range path {
 		to, err := fsm.Apply(ctx, next.Status, ev)
 		if err != nil {
@@ -129,6 +130,7 @@ func (g *Engine) newCreation(req CreateRequest) (Creation, error) {
 		Owner:          req.Owner,
 		Status:         fsm.Pending,
 		Version:        1,
+		Revision:       1,
 		Input:          input,
 		IdempotencyKey: req.IdempotencyKey,
 		RequestHash:    hash,

@@ -39,7 +39,8 @@ type Store interface {
 	// lease becomes due again when it expires.
 	Claim(ctx context.Context, p ClaimParams) ([]Execution, error)
 	// Release ends a lease still held by owner and makes the execution
-	// due at next. It is a no-op if the lease has moved on.
+	// due at next. It is a no-op if the lease has moved on. Claim and
+	// Release add one to the revision, like every write.
 	Release(ctx context.Context, id, owner string, next time.Time) error
 	// NextDue returns the earliest next check of a live execution of one
 	// of the actions, and false if there is none.
@@ -83,10 +84,12 @@ type Write struct {
 }
 
 // Expect is the condition of a [Write]: the execution must still have this
-// status and version, and, if LeaseOwner is set, still be leased to it.
+// status, version and revision, and, if LeaseOwner is set, still be leased
+// to it.
 type Expect struct {
 	Status     fsm.State
 	Version    int64
+	Revision   int64
 	LeaseOwner string
 }
 

@@ -337,11 +337,13 @@ func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr er
 		"attempt", attempts, "retry_in", wait)
 
 	next := e
+	next.Revision = e.Revision + 1
 	next.FailedAttempts = attempts
 	next.UpdatedAt = now
 	next.LeaseOwner = ""
 	next.NextCheckAt = g.bounded(now.Add(wait), e.Deadline)
-	w := Write{Expect: Expect{Status: e.Status, Version: e.Version, LeaseOwner: token}, Execution: next}
+	w := Write{Expect: Expect{Status: e.Status, Version: e.Version, Revision: e.Revision, LeaseOwner: token},
+		Execution: next}
 	if err := g.store.Write(ctx, w); err != nil && !errors.Is(err, ErrConflict) {
 		g.log.ErrorContext(ctx, "record failed attempt", attrExecution, e.ID, attrError, err)
 	} else if err != nil {

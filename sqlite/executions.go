@@ -15,7 +15,7 @@ import (
 
 // executionColumns is the column list every query of whole executions
 // selects, in the order scanExecution reads.
-const executionColumns = `id, action, provider, owner, status, version, input, output, progress,
+const executionColumns = `id, action, provider, owner, status, version, revision, input, output, progress,
 	error_code, error_message, idempotency_key, request_hash, external_ref, checks, failed_attempts,
 	submitted_at, created_at, updated_at, completed_at, next_check_at, deadline_at, lease_owner`
 
@@ -32,7 +32,7 @@ func scanExecution(row scanner) (execution.Execution, error) {
 		submitted, created, updated, completed  sql.NullInt64
 		next, deadline                          sql.NullInt64
 	)
-	err := row.Scan(&e.ID, &e.Action, &e.Provider, &e.Owner, &e.Status, &e.Version, &input,
+	err := row.Scan(&e.ID, &e.Action, &e.Provider, &e.Owner, &e.Status, &e.Version, &e.Revision, &input,
 		&output, &progress, &errCode, &errMsg, &idem, &e.RequestHash, &e.ExternalRef, &e.Checks,
 		&e.FailedAttempts, &submitted, &created, &updated, &completed, &next, &deadline, &lease)
 	if err != nil {
@@ -99,8 +99,8 @@ func create(ctx context.Context, tx *sql.Tx, c execution.Creation) (execution.Ex
 	}
 
 	_, err := tx.ExecContext(ctx, `INSERT INTO executions (`+executionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.ID, e.Action, e.Provider, e.Owner, e.Status, e.Version, string(e.Input),
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.ID, e.Action, e.Provider, e.Owner, e.Status, e.Version, e.Revision, string(e.Input),
 		nullJSON(e.Output), nullJSON(e.Progress), errorCode(e.Error), errorMessage(e.Error),
 		nullString(e.IdempotencyKey), e.RequestHash, e.ExternalRef, e.Checks, e.FailedAttempts,
 		millis(e.SubmittedAt), millis(e.CreatedAt), millis(e.UpdatedAt), millis(e.CompletedAt),
@@ -247,23 +247,24 @@ func (s *Store) Write(ctx context.Context, w execution.Write) error {
 		res, err := tx.ExecContext(ctx, `UPDATE executions SET
 			status = ?1, version = ?2, output = ?3, progress = ?4, error_code = ?5, error_message = ?6,
 			external_ref = ?7, checks = ?8, failed_attempts = ?9, submitted_at = ?10, updated_at = ?11,
-			completed_at = ?12, deadline_at = ?13,
+			completed_at = ?12, deadline_at = ?13, revision = ?21,
 			next_check_at = CASE WHEN ?14 OR ?15 OR lease_owner IS NULL THEN ?16 ELSE next_check_at END,
 			lease_owner = CASE WHEN ?14 OR ?15 THEN NULL ELSE lease_owner END
-			WHERE id = ?17 AND status = ?18 AND version = ?19 AND (?20 = '' OR lease_owner = ?20)`,
+			WHERE id = ?17 AND status = ?18 AND version = ?19 AND (?20 = '' OR lease_owner = ?20)
+				AND revision = ?22`,
 			e.Status, e.Version, nullJSON(e.Output), nullJSON(e.Progress), errorCode(e.Error),
 			errorMessage(e.Error), e.ExternalRef, e.Checks, e.FailedAttempts, millis(e.SubmittedAt),
 			millis(e.UpdatedAt), millis(e.CompletedAt), millis(e.Deadline),
 			leased, e.Status.Terminal(), millis(e.NextCheckAt),
-			e.ID, w.Expect.Status, w.Expect.Version, w.Expect.LeaseOwner)
+			e.ID, w.Expect.Status, w.Expect.Version, w.Expect.LeaseOwner, e.Revision, w.Expect.Revision)
 		if err != nil {
 			return fmt.Errorf("update execution %s: %w", e.ID, err)
 		}
 		if n, err := res.RowsAffected(); err != nil {
 			return fmt.Errorf("update execution %s: %w", e.ID, err)
 		} else if n == 0 {
-			return fmt.Errorf("update execution %s from %s v%d: %w",
-				e.ID, w.Expect.Status, w.Expect.Version, execution.ErrConflict)
+			return fmt.Errorf("update execution %s from %s v%d r%d: %w",
+				e.ID, w.Expect.Status, w.Expect.Version, w.Expect.Revision, execution.ErrConflict)
 		}
 		return appendHistory(ctx, tx, w.Transitions, w.Events)
 	})
@@ -281,7 +282,7 @@ func (s *Store) Claim(ctx context.Context, p execution.ClaimParams) ([]execution
 	var claimed []execution.Execution
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		claimed = claimed[:0]
-		rows, err := tx.QueryContext(ctx, `UPDATE executions SET lease_owner = ?, next_check_at = ?
+		rows, err := tx.QueryContext(ctx, `UPDATE executions SET lease_owner = ?, next_check_at = ?, revision = revision + 1
 			WHERE id IN (
 				SELECT id FROM executions
 				WHERE next_check_at <= ? AND action IN (SELECT value FROM json_each(?))
@@ -312,7 +313,7 @@ func (s *Store) Claim(ctx context.Context, p execution.ClaimParams) ([]execution
 // Release implements [execution.Store.Release].
 func (s *Store) Release(ctx context.Context, id, owner string, next time.Time) error {
 	return s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE executions SET lease_owner = NULL, next_check_at = ?
+		_, err := tx.ExecContext(ctx, `UPDATE executions SET lease_owner = NULL, next_check_at = ?, revision = revision + 1
 			WHERE id = ? AND lease_owner = ? AND next_check_at IS NOT NULL`, next.UnixMilli(), id, owner)
 		if err != nil {
 			return fmt.Errorf("release execution %s: %w", id, err)

@@ -108,8 +108,9 @@ func newEvent(action string, t execution.Transition) execution.Event {
 // given time, one version, history row and outbox event per event. A
 // terminal result completes e and ends its schedule, as the engine does.
 func advance(e execution.Execution, at time.Time, events ...fsm.Event) execution.Write {
-	w := execution.Write{Expect: execution.Expect{Status: e.Status, Version: e.Version}}
+	w := execution.Write{Expect: execution.Expect{Status: e.Status, Version: e.Version, Revision: e.Revision}}
 	next := e
+	next.Revision = e.Revision + 1
 	next.UpdatedAt = at
 	for _, ev := range events {
 		t := execution.Transition{
@@ -149,6 +150,7 @@ func target(from fsm.State, ev fsm.Event) fsm.State {
 func leased(e execution.Execution, owner string, until time.Time) execution.Execution {
 	e.LeaseOwner = owner
 	e.NextCheckAt = until
+	e.Revision++
 	return e
 }
 
@@ -561,25 +563,31 @@ func (s suite) testWrite(t *testing.T) {
 		{
 			name: "a stale status conflicts and changes nothing",
 			expect: func(e execution.Execution) execution.Expect {
-				return execution.Expect{Status: fsm.Accepted, Version: e.Version}
+				return execution.Expect{Status: fsm.Accepted, Version: e.Version, Revision: e.Revision}
 			},
 		},
 		{
 			name: "a stale version conflicts and changes nothing",
 			expect: func(e execution.Execution) execution.Expect {
-				return execution.Expect{Status: e.Status, Version: e.Version - 1}
+				return execution.Expect{Status: e.Status, Version: e.Version - 1, Revision: e.Revision}
 			},
 		},
 		{
 			name: "a newer version conflicts and changes nothing",
 			expect: func(e execution.Execution) execution.Expect {
-				return execution.Expect{Status: e.Status, Version: e.Version + 1}
+				return execution.Expect{Status: e.Status, Version: e.Version + 1, Revision: e.Revision}
 			},
 		},
 		{
 			name: "an expected lease on an unleased row conflicts and changes nothing",
 			expect: func(e execution.Execution) execution.Expect {
-				return execution.Expect{Status: e.Status, Version: e.Version, LeaseOwner: "lse_nobody"}
+				return execution.Expect{Status: e.Status, Version: e.Version, Revision: e.Revision, LeaseOwner: "lse_nobody"}
+			},
+		},
+		{
+			name: "a stale revision",
+			expect: func(e execution.Execution) execution.Expect {
+				return execution.Expect{Status: e.Status, Version: e.Version, Revision: e.Revision - 1}
 			},
 		},
 	}
@@ -704,7 +712,9 @@ func (s suite) testClaim(t *testing.T) {
 
 		p.Now = until
 		got := claim(t, store, p)
-		if d := diffAll(got, []execution.Execution{leased(e, "lse_b", p.Until)}); d != "" {
+		want := leased(e, "lse_b", p.Until)
+		want.Revision++ // claimed twice
+		if d := diffAll(got, []execution.Execution{want}); d != "" {
 			t.Errorf("Claim when the lease expires: %s", d)
 		}
 	})
@@ -812,6 +822,7 @@ func (s suite) testLease(t *testing.T) {
 		write(t, store, w)
 
 		want := leased(w.Execution, e.LeaseOwner, e.NextCheckAt)
+		want.Revision = w.Execution.Revision
 		if d := diff(get(t, store, e.ID), want); d != "" {
 			t.Errorf("Get: %s", d)
 		}
@@ -868,7 +879,9 @@ func (s suite) testRelease(t *testing.T) {
 			t.Fatalf("Release: %v", err)
 		}
 
-		if d := diff(get(t, store, e.ID), leased(e, "", next)); d != "" {
+		want := leased(e, "", next)
+		want.Revision++ // the claim, then the release
+		if d := diff(get(t, store, e.ID), want); d != "" {
 			t.Errorf("Get: %s", d)
 		}
 	})

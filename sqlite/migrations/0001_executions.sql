@@ -8,6 +8,7 @@ CREATE TABLE executions (
     owner           TEXT NOT NULL,
     status          TEXT NOT NULL,
     version         INTEGER NOT NULL,
+    revision        INTEGER NOT NULL,
     input           TEXT NOT NULL,
     output          TEXT,
     progress        TEXT,
