@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 
@@ -34,7 +35,8 @@ type Config struct {
 	// Workers is how many provider calls may run at once. Zero means 8.
 	Workers int
 	// LeaseDuration is how long a claim holds an execution. A worker that
-	// crashes loses its claims after this long. Zero means one minute.
+	// crashes loses its claims after this long. Zero means one minute; at
+	// least 100ms.
 	LeaseDuration time.Duration
 	// ProviderTimeout bounds one provider call. It must be shorter than
 	// LeaseDuration. Zero means half of LeaseDuration.
@@ -79,20 +81,28 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.PollInterval, time.Second)
 	setDefault(&c.MaxInputBytes, 1<<20)
 
+	bad := func(field, problem string) (Config, error) {
+		return c, fmt.Errorf("config: %w", &ValidationError{Field: field, Problem: problem})
+	}
 	switch {
 	case c.Workers < 0:
-		return c, fmt.Errorf("config: Workers is %d, want at least 1", c.Workers)
-	case c.ProviderTimeout >= c.LeaseDuration:
-		return c, fmt.Errorf("config: ProviderTimeout %s must be shorter than LeaseDuration %s",
-			c.ProviderTimeout, c.LeaseDuration)
-	case c.MinBackoff > c.MaxBackoff:
-		return c, fmt.Errorf("config: MinBackoff %s exceeds MaxBackoff %s", c.MinBackoff, c.MaxBackoff)
+		return bad("Workers", fmt.Sprintf("%d is negative", c.Workers))
 	case c.LeaseDuration < 0, c.ProviderTimeout < 0, c.CheckInterval < 0, c.MinBackoff < 0,
-		c.PollInterval < 0, c.MaxInputBytes < 0:
-		return c, errors.New("config: durations and sizes must not be negative")
+		c.MaxBackoff < 0, c.PollInterval < 0, c.MaxInputBytes < 0:
+		return bad("durations and sizes", "must not be negative")
+	case c.LeaseDuration < minLease:
+		return bad("LeaseDuration", fmt.Sprintf("%s is shorter than the minimum of %s", c.LeaseDuration, minLease))
+	case c.ProviderTimeout >= c.LeaseDuration:
+		return bad("ProviderTimeout", fmt.Sprintf("%s must be shorter than LeaseDuration %s", c.ProviderTimeout, c.LeaseDuration))
+	case c.MinBackoff > c.MaxBackoff:
+		return bad("MinBackoff", fmt.Sprintf("%s exceeds MaxBackoff %s", c.MinBackoff, c.MaxBackoff))
 	}
 	return c, nil
 }
+
+// minLease is the shortest lease the engine accepts: a provider call has
+// to fit inside it.
+const minLease = 100 * time.Millisecond
 
 func setDefault[T comparable](v *T, def T) {
 	var zero T
@@ -148,8 +158,12 @@ func (g *Engine) Register(action string, p Provider) error {
 	if err := validateAction(action); err != nil {
 		return fmt.Errorf("register provider: %w", err)
 	}
-	if p == nil {
-		return fmt.Errorf("register provider for %s: nil provider", action)
+	if isNil(p) {
+		return fmt.Errorf("register provider for %s: %w", action, &ValidationError{Field: "provider", Problem: "is nil"})
+	}
+	if err := validateText("provider name", p.Name(), maxProviderName); err != nil || p.Name() == "" {
+		return fmt.Errorf("register provider for %s: %w", action,
+			&ValidationError{Field: "provider name", Problem: fmt.Sprintf("must be 1 to %d printable bytes", maxProviderName)})
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -205,7 +219,7 @@ func (g *Engine) Create(ctx context.Context, req CreateRequest) (Execution, erro
 // at once, but finds the execution only after the commit.
 func (g *Engine) CreateTx(ctx context.Context, tx *sql.Tx, req CreateRequest) (Execution, error) {
 	if tx == nil {
-		return Execution{}, errors.New("create execution: nil transaction")
+		return Execution{}, fmt.Errorf("create execution: %w", &ValidationError{Field: "tx", Problem: "is nil"})
 	}
 	return g.create(ctx, tx, req)
 }
@@ -245,7 +259,12 @@ func (g *Engine) Get(ctx context.Context, id string) (Execution, error) {
 func (g *Engine) List(ctx context.Context, f Filter) (Page, error) {
 	if f.Status != "" && !f.Status.Valid() {
 		return Page{}, fmt.Errorf("list executions: %w",
-			&ValidationError{Field: "status", Problem: fmt.Sprintf("%q is not a state", f.Status)})
+			&ValidationError{Field: "status", Problem: fmt.Sprintf("%.40q is not a state", f.Status)})
+	}
+	if f.Action != "" {
+		if err := validateAction(f.Action); err != nil {
+			return Page{}, fmt.Errorf("list executions: %w", err)
+		}
 	}
 	if f.Limit < 0 {
 		return Page{}, fmt.Errorf("list executions: %w",
@@ -291,6 +310,19 @@ func (g *Engine) Events(ctx context.Context, id string) ([]Event, error) {
 	return evs, nil
 }
 
+// IgnoredUpdates returns the reports about an execution that were not
+// applied (late, repeated or illegal ones), oldest first.
+func (g *Engine) IgnoredUpdates(ctx context.Context, id string) ([]IgnoredUpdate, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, fmt.Errorf("ignored updates: %w", err)
+	}
+	u, err := g.store.IgnoredUpdates(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("ignored updates of %s: %w", id, err)
+	}
+	return u, nil
+}
+
 // maxConflictRetries bounds how often Apply and Cancel re-read an
 // execution that changed under them.
 const maxConflictRetries = 10
@@ -305,9 +337,8 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 	if err := ValidateID(id); err != nil {
 		return Execution{}, fmt.Errorf("apply update: %w", err)
 	}
-	if u.Status != "" && !u.Status.Valid() {
-		return Execution{}, fmt.Errorf("apply update to %s: %w", id,
-			&ValidationError{Field: "status", Problem: fmt.Sprintf("%q is not a state", u.Status)})
+	if err := g.checkUpdate(u); err != nil {
+		return Execution{}, fmt.Errorf("apply update to %s: %w", id, err)
 	}
 
 	for range maxConflictRetries {
@@ -321,7 +352,7 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 			return e, fmt.Errorf("apply update to %s: %w: it is %s", id, ErrTerminal, e.Status)
 		}
 
-		w, err := g.plan(ctx, e, u, now)
+		w, err := g.plan(ctx, e, u, now, true)
 		if errors.Is(err, ErrInvalidTransition) {
 			g.ignore(ctx, e, u.Status, err.Error(), now)
 		}
@@ -350,6 +381,9 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, error) {
 	if err := ValidateID(id); err != nil {
 		return Execution{}, fmt.Errorf("cancel execution: %w", err)
+	}
+	if err := validateText("reason", reason, maxReason); err != nil {
+		return Execution{}, fmt.Errorf("cancel execution %s: %w", id, err)
 	}
 
 	for range maxConflictRetries {
@@ -381,7 +415,7 @@ func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, erro
 		if reason == "" {
 			reason = "canceled on request"
 		}
-		w, err := g.plan(ctx, e, Update{Status: fsm.Canceled, Reason: reason}, now)
+		w, err := g.plan(ctx, e, Update{Status: fsm.Canceled, Reason: reason}, now, true)
 		if err != nil {
 			return e, fmt.Errorf("cancel execution %s: %w", id, err)
 		}
@@ -410,6 +444,20 @@ func (g *Engine) ignore(ctx context.Context, e Execution, reported fsm.State, re
 	if err != nil {
 		g.log.WarnContext(ctx, "record ignored update", attrExecution, e.ID, attrError, err)
 	}
+}
+
+// isNil reports whether p is nil, or an interface holding a nil pointer,
+// map, slice, channel or function.
+func isNil(p Provider) bool {
+	if p == nil {
+		return true
+	}
+	v := reflect.ValueOf(p)
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Chan, reflect.Func, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
 }
 
 func (g *Engine) now() time.Time {

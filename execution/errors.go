@@ -29,8 +29,12 @@ var (
 	ErrIdempotencyConflict = errors.New("idempotency key reused with a different request")
 	// ErrInvalid: the request is malformed; a [*ValidationError] says how.
 	ErrInvalid = errors.New("invalid request")
-	// ErrClosed: the engine or store is stopped or closed.
+	// ErrClosed: the store is closed, or the engine was stopped and
+	// cannot start again. A stopped engine still creates and reads
+	// executions; only its loop is gone.
 	ErrClosed = errors.New("closed")
+	// ErrAlreadyStarted: Start was called on a running engine.
+	ErrAlreadyStarted = errors.New("engine already started")
 )
 
 // ValidationError says which field of a request is wrong and why. It
@@ -65,6 +69,9 @@ func Permanent(code, message string) error {
 }
 
 func (e *PermanentError) Error() string {
+	if e == nil {
+		return "permanent provider error (nil)"
+	}
 	return fmt.Sprintf("permanent provider error %s: %s", e.Code, e.Message)
 }
 

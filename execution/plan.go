@@ -20,28 +20,29 @@ import (
 	"github.com/execkit/execkit/fsm"
 )
 
-// plan turns a provider's update into the write that applies it to e: the
-// new row, one history row and one event per transition. It does not
-// touch the store. The write expects e's status and version, and no lease.
-func (g *Engine) plan(ctx context.Context, e Execution, u Update, now time.Time) (Write, error) {
-	next := e
-	next.Revision = e.Revision + 1
-	next.UpdatedAt = now
-	if u.Output != nil {
-		out, err := checkObject("output", u.Output, g.cfg.MaxInputBytes)
-		if err != nil {
-			return Write{}, err
-		}
-		next.Output = out
-	}
-	if u.ExternalRef != "" {
-		next.ExternalRef = u.ExternalRef
-	}
-	if u.Error != nil {
-		errCopy := *u.Error
-		next.Error = &errCopy
-	}
+// Text limits of an update's fields.
+const (
+	maxExternalRef   = 255
+	maxReason        = 500
+	maxErrorCode     = 100
+	maxErrorMessage  = 2000
+	maxProviderName  = 100
+	maxCallErrorText = 1000
+)
 
+// plan turns an update into the write that applies it to e: the new row,
+// one history row and one event per transition. It does not touch the
+// store. The write expects e's status, version and revision, and no lease.
+//
+// Output goes only with a completed execution, an error only with a
+// failed or refunded one, progress only with a running one. A strict plan
+// (an update pushed through [Engine.Apply]) refuses a field that does not
+// go with the resulting state; a lenient one (a provider's answer to a
+// check, which may repeat earlier news) drops it.
+func (g *Engine) plan(ctx context.Context, e Execution, u Update, now time.Time, strict bool) (Write, error) {
+	if err := g.checkUpdate(u); err != nil {
+		return Write{}, err
+	}
 	var path []fsm.Event
 	if u.Status != "" && u.Status != e.Status {
 		p, err := fsm.Path(e.Status, u.Status)
@@ -54,14 +55,56 @@ func (g *Engine) plan(ctx context.Context, e Execution, u Update, now time.Time)
 	if u.Status != "" {
 		target = u.Status
 	}
-	if u.Progress != nil && target == fsm.Running {
-		progress, err := checkObject("progress", u.Progress, g.cfg.MaxInputBytes)
-		if err != nil {
-			return Write{}, err
+	misplaced := func(field, goesWith string) error {
+		if strict {
+			return &ValidationError{Field: field, Problem: fmt.Sprintf("goes only with %s, not %s", goesWith, target)}
 		}
-		if !bytes.Equal(progress, e.Progress) {
-			next.Progress = progress
-			path = append(path, fsm.Progress)
+		return nil
+	}
+
+	next := e
+	next.Revision = e.Revision + 1
+	next.UpdatedAt = now
+	if u.ExternalRef != "" {
+		next.ExternalRef = u.ExternalRef
+	}
+	if u.Output != nil {
+		if target != fsm.Completed {
+			if err := misplaced("output", "status completed"); err != nil {
+				return Write{}, err
+			}
+		} else {
+			out, err := checkObject("output", u.Output, g.cfg.MaxInputBytes)
+			if err != nil {
+				return Write{}, err
+			}
+			next.Output = out
+		}
+	}
+	if u.Error != nil {
+		if target != fsm.Failed && target != fsm.Refunded {
+			if err := misplaced("error", "status failed or refunded"); err != nil {
+				return Write{}, err
+			}
+		} else {
+			errCopy := *u.Error
+			next.Error = &errCopy
+		}
+	}
+	if u.Progress != nil {
+		if target != fsm.Running {
+			if err := misplaced("progress", "status running"); err != nil {
+				return Write{}, err
+			}
+		} else {
+			progress, err := checkObject("progress", u.Progress, g.cfg.MaxInputBytes)
+			if err != nil {
+				return Write{}, err
+			}
+			if !bytes.Equal(progress, e.Progress) {
+				next.Progress = progress
+				path = append(path, fsm.Progress)
+			}
 		}
 	}
 
@@ -93,6 +136,47 @@ func (g *Engine) plan(ctx context.Context, e Execution, u Update, now time.Time)
 	return w, nil
 }
 
+// checkUpdate checks the size and form of an update's fields.
+func (g *Engine) checkUpdate(u Update) error {
+	if u.Status != "" && !u.Status.Valid() {
+		return &ValidationError{Field: "status", Problem: fmt.Sprintf("%.40q is not a state", u.Status)}
+	}
+	if err := validateText("external reference", u.ExternalRef, maxExternalRef); err != nil {
+		return err
+	}
+	if err := validateText("reason", u.Reason, maxReason); err != nil {
+		return err
+	}
+	if u.Error != nil {
+		if u.Error.Code == "" {
+			return &ValidationError{Field: "error code", Problem: "is required"}
+		}
+		if err := validateText("error code", u.Error.Code, maxErrorCode); err != nil {
+			return err
+		}
+		if len(u.Error.Message) > maxErrorMessage || !utf8.ValidString(u.Error.Message) {
+			return &ValidationError{Field: "error message",
+				Problem: fmt.Sprintf("must be valid UTF-8 of at most %d bytes", maxErrorMessage)}
+		}
+	}
+	return nil
+}
+
+// clip shortens s to at most n bytes, an ellipsis included, without
+// splitting a character, for text the engine copies from provider errors
+// into an execution.
+func clip(s string, n int) string {
+	const ellipsis = "…"
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n-len(ellipsis)]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + ellipsis
+}
+
 // newCreation validates req and builds the new execution with its
 // creation history row and event.
 func (g *Engine) newCreation(req CreateRequest) (Creation, error) {
@@ -117,12 +201,20 @@ func (g *Engine) newCreation(req CreateRequest) (Creation, error) {
 	if err != nil {
 		return Creation{}, err
 	}
-	hash, err := requestHash(req.Action, input)
+	now := g.now()
+	var deadline time.Time
+	if !req.Deadline.IsZero() {
+		deadline = req.Deadline.UTC().Add(time.Millisecond - 1).Truncate(time.Millisecond) // round up
+		if !deadline.After(now) || deadline.Year() > 9999 {
+			return Creation{}, &ValidationError{Field: "deadline",
+				Problem: fmt.Sprintf("%s is not in the future (before year 10000)", req.Deadline.UTC().Format(time.RFC3339Nano))}
+		}
+	}
+	hash, err := requestHash(req.Action, input, deadline)
 	if err != nil {
 		return Creation{}, err
 	}
 
-	now := g.now()
 	e := Execution{
 		ID:             g.ids.next("exe_", now),
 		Action:         req.Action,
@@ -138,9 +230,7 @@ func (g *Engine) newCreation(req CreateRequest) (Creation, error) {
 		UpdatedAt:      now,
 		NextCheckAt:    now,
 	}
-	if !req.Deadline.IsZero() {
-		e.Deadline = req.Deadline.UTC().Truncate(time.Millisecond)
-	}
+	e.Deadline = deadline
 	t := Transition{ExecutionID: e.ID, Version: 1, To: fsm.Pending, Event: EventCreate, At: now}
 	return Creation{Execution: e, Transition: t, Event: g.newEvent(e.Action, t)}, nil
 }
@@ -197,12 +287,63 @@ func checkObject(field string, raw []byte, max int) (json.RawMessage, error) {
 	if err := json.Compact(&buf, raw); err != nil {
 		return nil, &ValidationError{Field: field, Problem: "malformed JSON: " + err.Error()}
 	}
+	if key, ok := duplicateKey(buf.Bytes()); ok {
+		return nil, &ValidationError{Field: field, Problem: fmt.Sprintf("key %.40q appears twice in one object", key)}
+	}
 	return buf.Bytes(), nil
 }
 
-// requestHash identifies a creation request by its action and its input
-// in canonical form, so that key order and spacing do not matter.
-func requestHash(action string, input []byte) (string, error) {
+// duplicateKey returns a key that appears twice in one object of doc, a
+// well-formed JSON document. Parsers disagree on which copy wins, so such
+// a document means different things to different readers.
+func duplicateKey(doc []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	type frame struct {
+		object bool
+		keys   map[string]bool
+		expect bool // the next token in this object is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.expect {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			key := tok.(string)
+			if top.keys[key] {
+				return key, true
+			}
+			top.keys[key] = true
+			top.expect = false
+			continue
+		}
+		if top != nil && top.object {
+			top.expect = true // this token is a value; a key comes next
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{object: true, keys: map[string]bool{}, expect: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+		case json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+	}
+}
+
+// requestHash identifies a creation request by its action, its input in
+// canonical form (so that key order and spacing do not matter) and its
+// deadline.
+func requestHash(action string, input []byte, deadline time.Time) (string, error) {
 	dec := json.NewDecoder(bytes.NewReader(input))
 	dec.UseNumber()
 	var v any
@@ -222,6 +363,9 @@ func requestHash(action string, input []byte) (string, error) {
 	h.Write([]byte(action))
 	h.Write([]byte{0})
 	h.Write(canon.Bytes())
+	if !deadline.IsZero() {
+		fmt.Fprintf(h, "deadline %d", deadline.UnixMilli())
+	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
@@ -267,7 +411,7 @@ func ValidateID(id string) error {
 	if !ok {
 		return &ValidationError{Field: "id", Problem: fmt.Sprintf("%.40q does not start with exe_", id)}
 	}
-	if _, err := ulid.ParseStrict(rest); err != nil {
+	if _, err := ulid.ParseStrict(rest); err != nil || strings.ToUpper(rest) != rest {
 		return &ValidationError{Field: "id", Problem: fmt.Sprintf("%.40q is not exe_ followed by a ULID", id)}
 	}
 	return nil

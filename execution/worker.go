@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,11 +39,13 @@ func (g *Engine) Start(ctx context.Context) error {
 		return fmt.Errorf("start engine: %w", ErrClosed)
 	}
 	if g.started {
-		return errors.New("start engine: already started")
+		return fmt.Errorf("start engine: %w", ErrAlreadyStarted)
+	}
+	if err := g.warnUnregistered(ctx); errors.Is(err, ErrClosed) {
+		return fmt.Errorf("start engine: %w", err)
 	}
 	g.started = true
 
-	g.warnUnregistered(ctx)
 	l := &loop{done: make(chan struct{})}
 	l.claimCtx, l.stopClaiming = context.WithCancel(ctx)
 	l.workCtx, l.cancelWork = context.WithCancel(context.WithoutCancel(ctx))
@@ -76,11 +79,11 @@ func (g *Engine) Stop(ctx context.Context) error {
 	}
 }
 
-func (g *Engine) warnUnregistered(ctx context.Context) {
+func (g *Engine) warnUnregistered(ctx context.Context) error {
 	live, err := g.store.LiveActions(ctx)
 	if err != nil {
 		g.log.WarnContext(ctx, "list live actions", attrError, err)
-		return
+		return err
 	}
 	for _, a := range live {
 		if g.provider(a) == nil {
@@ -88,6 +91,7 @@ func (g *Engine) warnUnregistered(ctx context.Context) {
 				attrAction, a)
 		}
 	}
+	return nil
 }
 
 // run is the background loop: claim as many due executions as there are
@@ -214,39 +218,80 @@ func (g *Engine) process(ctx context.Context, e Execution, token string) {
 }
 
 // call makes one provider call under ProviderTimeout. A panic in the
-// provider is turned into a transient error, so that one bad answer cannot
-// take the host down.
-func (g *Engine) call(ctx context.Context, p Provider, e Execution, submit bool) (u Update, err error) {
+// provider becomes a transient error, so that one bad answer cannot take
+// the host down; a provider that ignores its context is abandoned when the
+// timeout passes, so that it cannot hold a worker or Stop forever.
+func (g *Engine) call(ctx context.Context, p Provider, e Execution, submit bool) (Update, error) {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.ProviderTimeout)
 	defer cancel()
-	defer func() {
-		if r := recover(); r != nil {
-			g.log.ErrorContext(ctx, "provider panicked", attrExecution, e.ID, attrAction, e.Action, "panic", r)
-			u, err = Update{}, fmt.Errorf("provider %s panicked: %v", p.Name(), r)
-		}
-	}()
-	if submit {
-		return p.Submit(ctx, e)
+
+	type result struct {
+		u   Update
+		err error
 	}
-	return p.Check(ctx, e)
+	done := make(chan result, 1)
+	// This goroutine is waited for below unless the provider overruns
+	// its deadline; then it ends whenever the provider returns, and its
+	// answer is dropped into the buffered channel.
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				g.log.ErrorContext(ctx, "provider panicked", attrExecution, e.ID, attrAction, e.Action, "panic", r)
+				done <- result{err: fmt.Errorf("provider %s panicked: %v", p.Name(), r)}
+			}
+		}()
+		var r result
+		if submit {
+			r.u, r.err = p.Submit(ctx, e)
+		} else {
+			r.u, r.err = p.Check(ctx, e)
+		}
+		done <- r
+	}()
+
+	select {
+	case r := <-done:
+		return r.u, r.err
+	case <-ctx.Done():
+		select {
+		case r := <-done: // it honoured the deadline
+			return r.u, r.err
+		case <-time.After(overrunGrace):
+		}
+		g.log.WarnContext(ctx, "provider ignored its deadline; call abandoned", attrExecution, e.ID, attrAction, e.Action)
+		return Update{}, fmt.Errorf("provider %s overran its deadline of %s: %w", p.Name(), g.cfg.ProviderTimeout, ctx.Err())
+	}
 }
 
-// finish writes a provider's answer. If the execution changed since the
-// claim (a pushed update or a cancel), the answer is applied to the
-// changed record as long as the lease holds.
+// overrunGrace is how long a provider may take to return after its
+// context ended before its call is abandoned.
+const overrunGrace = 100 * time.Millisecond
+
+// finish writes an answer to a claimed execution: a provider's (p not
+// nil) or the engine's own decision to fail it. If the execution changed
+// since the claim (a pushed update or a cancel), the answer is applied to
+// the changed record as long as the lease holds.
 func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update, p Provider, submitted bool) {
 	for range maxConflictRetries {
 		now := g.now()
-		w, err := g.plan(ctx, e, u, now)
-		if err != nil {
-			g.log.WarnContext(ctx, "provider answer not applied", attrExecution, e.ID, attrError, err)
-			if errors.Is(err, ErrInvalidTransition) {
-				g.ignore(ctx, e, u.Status, err.Error(), now)
-				w, _ = g.plan(ctx, e, Update{}, now)
-			} else {
-				g.fail(ctx, e, token, fmt.Errorf("provider answer: %w", err))
-				return
-			}
+		w, err := g.plan(ctx, e, u, now, false)
+		switch {
+		case err == nil:
+		case p == nil:
+			// The engine's own update is always valid; reaching here is a bug.
+			g.log.ErrorContext(ctx, "engine update not applied", attrExecution, e.ID, attrError, err)
+			g.release(ctx, e, token, now.Add(g.cfg.CheckInterval))
+			return
+		case errors.Is(err, ErrInvalidTransition):
+			// Stale news, such as "accepted" for a running execution:
+			// on record, and the check counts as answered.
+			g.ignore(ctx, e, u.Status, err.Error(), now)
+			w, _ = g.plan(ctx, e, Update{}, now, false)
+		default:
+			// A malformed answer is the provider's failure.
+			g.ignore(ctx, e, u.Status, "malformed provider answer: "+err.Error(), now)
+			g.fail(ctx, e, token, fmt.Errorf("malformed provider answer: %w", err))
+			return
 		}
 		w.Expect.LeaseOwner = token
 		next := &w.Execution
@@ -311,21 +356,21 @@ func (g *Engine) cancelOrphan(ctx context.Context, p Provider, e Execution) {
 // execution; a transient one schedules a retry after backoff, or fails the
 // execution once MaxFailedAttempts is reached.
 func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr error) {
-	attempts := e.FailedAttempts + 1
+	e.FailedAttempts++
 	var perm *PermanentError
-	if errors.As(callErr, &perm) {
-		u := Update{Status: fsm.Failed, Reason: "permanent provider error",
-			Error: &Error{Code: perm.Code, Message: perm.Message}}
+	if errors.As(callErr, &perm) && perm != nil {
+		u := Update{Status: fsm.Failed, Reason: "permanent provider error", Error: providerError(perm)}
 		g.finish(ctx, e, token, u, nil, false)
 		return
 	}
-	if g.cfg.MaxFailedAttempts > 0 && attempts >= g.cfg.MaxFailedAttempts {
+	if g.cfg.MaxFailedAttempts > 0 && e.FailedAttempts >= g.cfg.MaxFailedAttempts {
 		u := Update{Status: fsm.Failed, Reason: "retries exhausted",
-			Error: &Error{Code: CodeRetriesExhausted,
-				Message: fmt.Sprintf("%d failed attempts in a row, the last: %v", attempts, callErr)}}
+			Error: &Error{Code: CodeRetriesExhausted, Message: fmt.Sprintf("%d failed attempts in a row, the last: %s",
+				e.FailedAttempts, clip(strings.ToValidUTF8(callErr.Error(), "?"), maxCallErrorText))}}
 		g.finish(ctx, e, token, u, nil, false)
 		return
 	}
+	attempts := e.FailedAttempts
 
 	now := g.now()
 	wait := backoff.Delay(attempts, g.cfg.MinBackoff, g.cfg.MaxBackoff, rand.Float64())
@@ -338,7 +383,6 @@ func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr er
 
 	next := e
 	next.Revision = e.Revision + 1
-	next.FailedAttempts = attempts
 	next.UpdatedAt = now
 	next.LeaseOwner = ""
 	next.NextCheckAt = g.bounded(now.Add(wait), e.Deadline)
@@ -349,6 +393,17 @@ func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr er
 	} else if err != nil {
 		g.release(ctx, e, token, now)
 	}
+}
+
+// providerError makes a provider's permanent error fit the execution
+// record: a missing or malformed code becomes CodeProviderError, and the
+// message is cut to size.
+func providerError(perm *PermanentError) *Error {
+	code := perm.Code
+	if validateText("error code", code, maxErrorCode) != nil || code == "" {
+		code = CodeProviderError
+	}
+	return &Error{Code: code, Message: clip(strings.ToValidUTF8(perm.Message, "?"), maxErrorMessage)}
 }
 
 func (g *Engine) release(ctx context.Context, e Execution, token string, next time.Time) {

@@ -45,8 +45,12 @@ func TestWaitFollowsLongPollsToTheEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Each transition waits until the client has seen the previous state
+	// and is back in a long poll.
+	observed := make(chan fsm.State, 4)
 	go func() {
 		for _, st := range []fsm.State{fsm.Accepted, fsm.Running, fsm.Completed} {
+			<-observed
 			e.waitForWaiters(1)
 			if _, err := e.engine.Apply(e.ctx, x.ID, execution.Update{Status: st}); err != nil {
 				t.Error(err)
@@ -55,7 +59,10 @@ func TestWaitFollowsLongPollsToTheEnd(t *testing.T) {
 		}
 	}()
 	var seen []fsm.State
-	got, err := c.WaitFunc(e.ctx, x.ID, func(x httpapi.Execution) { seen = append(seen, x.Status) })
+	got, err := c.WaitFunc(e.ctx, x.ID, func(x httpapi.Execution) {
+		seen = append(seen, x.Status)
+		observed <- x.Status
+	})
 	if err != nil || got.Status != fsm.Completed || !got.Done || got.Version != 4 {
 		t.Fatalf("Wait = %+v, %v", got, err)
 	}

@@ -78,6 +78,14 @@ func (s *Store) CreateTx(ctx context.Context, tx *sql.Tx, c execution.Creation) 
 	if s.closed.Load() {
 		return execution.Execution{}, false, execution.ErrClosed
 	}
+	var file string
+	if err := tx.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil {
+		return execution.Execution{}, false, fmt.Errorf("check transaction: %w", err)
+	}
+	if file != s.file {
+		return execution.Execution{}, false, fmt.Errorf("check transaction: %w", &execution.ValidationError{
+			Field: "tx", Problem: "belongs to another database than the store's; begin it on Store.DB()"})
+	}
 	return create(ctx, tx, c)
 }
 
@@ -166,7 +174,7 @@ func (s *Store) Get(ctx context.Context, id string) (execution.Execution, error)
 		return execution.Execution{}, execution.ErrNotFound
 	}
 	if err != nil {
-		return execution.Execution{}, fmt.Errorf("select execution: %w", err)
+		return execution.Execution{}, s.closedOr(fmt.Errorf("select execution: %w", err))
 	}
 	return e, nil
 }
@@ -218,7 +226,7 @@ func (s *Store) List(ctx context.Context, f execution.Filter) (execution.Page, e
 
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
-		return execution.Page{}, fmt.Errorf("select executions: %w", err)
+		return execution.Page{}, s.closedOr(fmt.Errorf("select executions: %w", err))
 	}
 	defer rows.Close()
 	var page execution.Page
@@ -230,7 +238,7 @@ func (s *Store) List(ctx context.Context, f execution.Filter) (execution.Page, e
 		page.Executions = append(page.Executions, e)
 	}
 	if err := rows.Err(); err != nil {
-		return execution.Page{}, fmt.Errorf("select executions: %w", err)
+		return execution.Page{}, s.closedOr(fmt.Errorf("select executions: %w", err))
 	}
 	if len(page.Executions) > limit {
 		page.Executions = page.Executions[:limit]
@@ -340,7 +348,7 @@ func (s *Store) NextDue(ctx context.Context, actions []string) (time.Time, bool,
 		return time.Time{}, false, nil
 	}
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("select next due: %w", err)
+		return time.Time{}, false, s.closedOr(fmt.Errorf("select next due: %w", err))
 	}
 	return fromMillis(next), true, nil
 }
@@ -354,7 +362,7 @@ func (s *Store) LiveActions(ctx context.Context) ([]string, error) {
 	rows, err := db.QueryContext(ctx,
 		`SELECT DISTINCT action FROM executions WHERE next_check_at IS NOT NULL ORDER BY action`)
 	if err != nil {
-		return nil, fmt.Errorf("select live actions: %w", err)
+		return nil, s.closedOr(fmt.Errorf("select live actions: %w", err))
 	}
 	return collect(rows, func(r *sql.Rows) (string, error) {
 		var a string
@@ -427,6 +435,11 @@ func listOf[T any](ctx context.Context, s *Store, id, query string, scan func(*s
 	if err != nil {
 		return nil, err
 	}
+	out, err := readList(ctx, db, id, query, scan)
+	return out, s.closedOr(err)
+}
+
+func readList[T any](ctx context.Context, db *sql.DB, id, query string, scan func(*sql.Rows) (T, error)) ([]T, error) {
 	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("begin read: %w", err)

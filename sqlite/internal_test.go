@@ -110,7 +110,7 @@ func TestOpenAppliesPragmasToEveryConnection(t *testing.T) {
 
 func TestOpenRejectsNonFilePaths(t *testing.T) {
 	t.Parallel()
-	for _, p := range []string{"", ":memory:", "file:x.db", "x.db?mode=ro"} {
+	for _, p := range []string{"", ":memory:", "file:x.db", "x.db?mode=ro", "nul\x00.db"} {
 		if _, err := Open(context.Background(), p, Options{}); err == nil || !strings.Contains(err.Error(), "plain file path") {
 			t.Errorf("Open(%q) = %v", p, err)
 		}

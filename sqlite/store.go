@@ -47,6 +47,7 @@ type Options struct {
 type Store struct {
 	w      *sql.DB // one connection, immediate transactions
 	r      *sql.DB // read-only pool
+	file   string  // the main database file, as SQLite names it
 	log    *slog.Logger
 	closed atomic.Bool
 
@@ -61,7 +62,7 @@ var _ execution.Store = (*Store)(nil)
 // to date. It fails with an error wrapping [ErrSchemaTooNew] for a file
 // written by a newer version of execkit.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
-	if path == "" || strings.ContainsAny(path, "?#") || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
+	if path == "" || strings.ContainsAny(path, "?#\x00") || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
 		return nil, fmt.Errorf("open store: path %q must be a plain file path", path)
 	}
 	if opts.BusyTimeout == 0 {
@@ -99,6 +100,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 
+	var file string
+	if err := w.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&file); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open store %s: read file name: %w", path, err)
+	}
+
 	r, err := sql.Open("sqlite", path+"?"+readerQuery.Encode())
 	if err != nil {
 		w.Close()
@@ -106,7 +113,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
-	return &Store{w: w, r: r, log: opts.Logger}, nil
+	return &Store{w: w, r: r, file: file, log: opts.Logger}, nil
 }
 
 // DB returns the writer connection pool, so that a host can run its own
@@ -143,7 +150,7 @@ func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 			case <-t.C:
 			}
 		}
-		err = s.writeOnce(ctx, fn)
+		err = s.closedOr(s.writeOnce(ctx, fn))
 		if !isBusy(err) {
 			return err
 		}
@@ -168,6 +175,15 @@ func (s *Store) writeOnce(ctx context.Context, fn func(*sql.Tx) error) error {
 		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
+}
+
+// closedOr returns ErrClosed if the store was closed while a call was in
+// flight, so that callers see one error for it whatever step failed.
+func (s *Store) closedOr(err error) error {
+	if err != nil && s.closed.Load() {
+		return fmt.Errorf("%w (%v)", execution.ErrClosed, err)
+	}
+	return err
 }
 
 // read returns the pool for reads, or ErrClosed.

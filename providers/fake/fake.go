@@ -191,7 +191,8 @@ func (p *Provider) Cancel(ctx context.Context, e execution.Execution) error {
 	defer p.mu.Unlock()
 	now := p.clock.Now()
 	if !p.scripts[e.Action].Cancelable {
-		_, err := p.record(MethodCancel, e.ID, now, errors.New("fake: work cannot be canceled"))
+		_, err := p.record(MethodCancel, e.ID, now,
+			fmt.Errorf("fake: %w: the script for %s is not cancelable", execution.ErrInvalidTransition, e.Action))
 		return err
 	}
 	if r := p.runs[e.ID]; r != nil {
