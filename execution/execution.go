@@ -85,7 +85,10 @@ func (e Execution) Done() bool { return e.Status.Terminal() }
 // Error is why an execution failed: a stable machine-readable code and a
 // human-readable message.
 type Error struct {
-	Code    string `json:"code"`
+	// Code is stable and machine-readable, such as "timeout"; at most 100
+	// bytes.
+	Code string `json:"code"`
+	// Message explains the error to a person; at most 2000 bytes.
 	Message string `json:"message"`
 }
 
@@ -106,11 +109,15 @@ type Transition struct {
 	// Version is the execution's version after the transition.
 	Version int64
 	// From is empty for the creation row.
-	From   fsm.State
-	To     fsm.State
-	Event  fsm.Event
+	From fsm.State
+	// To is the state after the transition.
+	To fsm.State
+	// Event is what moved it, or EventCreate for the creation row.
+	Event fsm.Event
+	// Reason is a short note from whoever caused the transition.
 	Reason string
-	At     time.Time
+	// At is when the transition was written, in UTC.
+	At time.Time
 }
 
 // EventCreate is the event of the history row that records creation. It
@@ -134,7 +141,10 @@ type Event struct {
 	Payload []byte
 }
 
-// EventPayload is the JSON shape of [Event.Payload].
+// EventPayload is the JSON shape of [Event.Payload]: the event id and
+// type, the execution's id, action and new status, the status it left
+// (absent on creation), its version after the transition and the time of
+// the transition.
 type EventPayload struct {
 	ID             string    `json:"id"`
 	Event          string    `json:"event"`

@@ -60,9 +60,12 @@ type Store interface {
 
 // Creation is a new execution with its creation history row and event.
 type Creation struct {
-	Execution  Execution
+	// Execution is the new row, pending at version 1.
+	Execution Execution
+	// Transition is its creation history row.
 	Transition Transition
-	Event      Event
+	// Event is its execution.created outbox event.
+	Event Event
 }
 
 // Write is one conditional change of an execution.
@@ -87,23 +90,31 @@ type Write struct {
 // status, version and revision, and, if LeaseOwner is set, still be leased
 // to it.
 type Expect struct {
-	Status     fsm.State
-	Version    int64
-	Revision   int64
+	Status   fsm.State
+	Version  int64
+	Revision int64
+	// LeaseOwner, if set, makes this a worker's write: the row must still
+	// be leased to it, and the write ends the lease.
 	LeaseOwner string
 }
 
 // ClaimParams selects and leases due executions.
 type ClaimParams struct {
-	Now     time.Time
-	Until   time.Time
-	Owner   string
+	// Now is the time against which executions are due.
+	Now time.Time
+	// Until is when the lease expires.
+	Until time.Time
+	// Owner is the lease token written into claimed rows.
+	Owner string
+	// Actions limits the claim to actions with a registered provider.
 	Actions []string
-	Limit   int
+	// Limit is the most executions to claim.
+	Limit int
 }
 
 // Filter selects executions for [Store.List]. Zero fields match all.
 type Filter struct {
+	// Status, Action and Owner match exactly.
 	Status fsm.State
 	Action string
 	Owner  string

@@ -23,7 +23,9 @@ import (
 // Step is one point of a timeline: at After since submission, the work
 // reaches Status.
 type Step struct {
-	After  time.Duration
+	// After is the time since submission at which the step is reached.
+	After time.Duration
+	// Status is the state the work is in from then on.
 	Status fsm.State
 	// Progress goes with a running step.
 	Progress json.RawMessage
@@ -86,9 +88,12 @@ const (
 
 // Call is one recorded call.
 type Call struct {
-	Method      Method
+	// Method is which call it was.
+	Method Method
+	// ExecutionID is the execution it was about.
 	ExecutionID string
-	At          time.Time
+	// At is the provider's clock at the call.
+	At time.Time
 	// Err is the error the call returned, if any.
 	Err error
 }
