@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/looplab/fsm v1.0.3
 	github.com/oklog/ulid/v2 v2.1.2
+	github.com/standard-webhooks/standard-webhooks/libraries v1.3.0
 	modernc.org/sqlite v1.62.0
 )
 
