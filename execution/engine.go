@@ -62,6 +62,10 @@ type Config struct {
 	// MaxInputBytes caps the size of an execution's input and of a
 	// provider's output or progress. Zero means 1 MiB.
 	MaxInputBytes int
+	// MaxEventBytes caps an outbox event's payload: a change whose event
+	// would be larger is refused when it would be written, so that no
+	// event can fail forever downstream. Zero means 256 KiB.
+	MaxEventBytes int
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -80,6 +84,7 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.MaxFailedAttempts, 30)
 	setDefault(&c.PollInterval, time.Second)
 	setDefault(&c.MaxInputBytes, 1<<20)
+	setDefault(&c.MaxEventBytes, 256<<10)
 
 	bad := func(field, problem string) (Config, error) {
 		return c, fmt.Errorf("config: %w", &ValidationError{Field: field, Problem: problem})
@@ -88,7 +93,7 @@ func (c Config) withDefaults() (Config, error) {
 	case c.Workers < 0:
 		return bad("Workers", fmt.Sprintf("%d is negative", c.Workers))
 	case c.LeaseDuration < 0, c.ProviderTimeout < 0, c.CheckInterval < 0, c.MinBackoff < 0,
-		c.MaxBackoff < 0, c.PollInterval < 0, c.MaxInputBytes < 0:
+		c.MaxBackoff < 0, c.PollInterval < 0, c.MaxInputBytes < 0, c.MaxEventBytes < 0:
 		return bad("durations and sizes", "must not be negative")
 	case c.LeaseDuration < minLease:
 		return bad("LeaseDuration", fmt.Sprintf("%s is shorter than the minimum of %s", c.LeaseDuration, minLease))

@@ -293,3 +293,26 @@ func TestStartOnAClosedStoreFails(t *testing.T) {
 		t.Fatalf("second Start = %v", err)
 	}
 }
+
+func TestEventsOverTheCapAreRefusedWhenWritten(t *testing.T) {
+	t.Parallel()
+	e := setup(t, execution.Config{}, map[string]fake.Script{"servers.provision": provisionScript})
+	x := e.create("servers.provision")
+	limit := len(e.events(x.ID)[0].Payload) + 10 // room for this action's events, not a longer one's
+	long := "servers.provision-with-a-much-longer-name"
+	g := e.newEngine(e.store, execution.Config{Clock: e.clock, MaxEventBytes: limit},
+		map[string]fake.Script{"servers.provision": provisionScript, long: provisionScript})
+
+	if _, err := g.Create(e.ctx, execution.CreateRequest{Action: "servers.provision"}); err != nil {
+		t.Fatalf("an event within the cap: %v", err)
+	}
+	_, err := g.Create(e.ctx, execution.CreateRequest{Action: long})
+	var ve *execution.ValidationError
+	if !errors.As(err, &ve) || ve.Field != "event" {
+		t.Fatalf("Create = %v, want a ValidationError on event", err)
+	}
+	page, _ := e.engine.List(e.ctx, execution.Filter{Action: long})
+	if len(page.Executions) != 0 {
+		t.Fatalf("%d executions stored", len(page.Executions))
+	}
+}

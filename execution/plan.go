@@ -127,6 +127,9 @@ func (g *Engine) plan(ctx context.Context, e Execution, u Update, now time.Time,
 		w.Events = append(w.Events, g.newEvent(next.Action, t))
 		next.Status, next.Version = to, t.Version
 	}
+	if err := g.checkEvents(w.Events...); err != nil {
+		return Write{}, err
+	}
 	if next.Done() {
 		next.CompletedAt = now
 		next.NextCheckAt = time.Time{}
@@ -232,7 +235,11 @@ func (g *Engine) newCreation(req CreateRequest) (Creation, error) {
 	}
 	e.Deadline = deadline
 	t := Transition{ExecutionID: e.ID, Version: 1, To: fsm.Pending, Event: EventCreate, At: now}
-	return Creation{Execution: e, Transition: t, Event: g.newEvent(e.Action, t)}, nil
+	ev := g.newEvent(e.Action, t)
+	if err := g.checkEvents(ev); err != nil {
+		return Creation{}, err
+	}
+	return Creation{Execution: e, Transition: t, Event: ev}, nil
 }
 
 // newEvent builds the outbox event announcing t.
@@ -267,6 +274,17 @@ func (g *Engine) newEvent(action string, t Transition) Event {
 	}
 	ev.Payload = payload
 	return ev
+}
+
+// checkEvents refuses events whose payload exceeds MaxEventBytes.
+func (g *Engine) checkEvents(evs ...Event) error {
+	for _, ev := range evs {
+		if len(ev.Payload) > g.cfg.MaxEventBytes {
+			return &ValidationError{Field: "event",
+				Problem: fmt.Sprintf("%s payload of %d bytes exceeds the limit of %d", ev.Type, len(ev.Payload), g.cfg.MaxEventBytes)}
+		}
+	}
+	return nil
 }
 
 // checkObject checks that raw is one JSON object of at most max bytes and
