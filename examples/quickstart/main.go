@@ -2,11 +2,14 @@
 // actions, creates one execution of each, runs the engine until all three
 // are terminal, and prints each execution's timeline and the outbox events
 // that announce it. Meanwhile it serves the execution resource on loopback
-// and follows the first execution with the HTTP client's long polls.
+// and follows the first execution with the HTTP client's long polls, and
+// delivers every event as a signed webhook to a receiver on loopback,
+// which verifies it, deduplicates it and fetches the canonical record.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,12 +19,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/httpapi"
 	"github.com/execkit/execkit/providers/fake"
 	"github.com/execkit/execkit/sqlite"
+	"github.com/execkit/execkit/webhook"
 )
 
 func main() {
@@ -45,9 +50,12 @@ var orders = []execution.CreateRequest{
 }
 
 func run(ctx context.Context, out io.Writer, dbPath string) error {
-	for _, suffix := range []string{"", "-wal", "-shm"} {
-		if err := os.Remove(dbPath + suffix); err != nil && !os.IsNotExist(err) {
-			return err
+	inboxPath := strings.TrimSuffix(dbPath, ".db") + "-receiver.db"
+	for _, path := range []string{dbPath, inboxPath} {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if err := os.Remove(path + suffix); err != nil && !os.IsNotExist(err) {
+				return err
+			}
 		}
 	}
 	store, err := sqlite.Open(ctx, dbPath, sqlite.Options{})
@@ -108,21 +116,39 @@ func run(ctx context.Context, out io.Writer, dbPath string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	baseURL, stopAPI, err := serve(handler)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	defer func() {
-		srv.Close()
-		<-served
-	}()
-	baseURL := "http://" + ln.Addr().String()
+	defer stopAPI()
 
-	fmt.Fprintf(out, "\nrunning the engine on %s ...\n", dbPath)
+	// The subscriber's side: a receiver with its own inbox file, which
+	// fetches the canonical record over HTTP for every event.
+	hooks, err := newSubscriber(ctx, inboxPath, baseURL)
+	if err != nil {
+		return err
+	}
+	defer hooks.close()
+	dispatcher, err := webhook.NewDispatcher(webhook.Config{
+		Store:        store,
+		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Policy:       webhook.AddressPolicy{AllowLoopback: true}, // the receiver is on this machine
+		PollInterval: 50 * time.Millisecond,
+	})
+	if err != nil {
+		return err
+	}
+	ep, _, err := dispatcher.AddEndpoint(ctx, webhook.EndpointConfig{URL: hooks.url, Secret: hooks.secret,
+		EventTypes: []string{"execution.*"}})
+	if err != nil {
+		return err
+	}
+
+	fmt.Fprintf(out, "\nrunning the engine on %s, delivering webhooks to %s ...\n", dbPath, ep.URL)
 	start := time.Now()
+	if err := dispatcher.Start(ctx); err != nil {
+		return err
+	}
 	if err := engine.Start(ctx); err != nil {
 		return err
 	}
@@ -130,9 +156,12 @@ func run(ctx context.Context, out io.Writer, dbPath string) error {
 	if waitErr == nil {
 		waitErr = waitForAll(ctx, engine, ids, 30*time.Second)
 	}
+	if waitErr == nil {
+		waitErr = waitForDeliveries(ctx, dispatcher, countEvents(ctx, engine, ids), 30*time.Second)
+	}
 	stopCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := engine.Stop(stopCtx); err != nil {
+	if err := errors.Join(engine.Stop(stopCtx), dispatcher.Stop(stopCtx)); err != nil {
 		return err
 	}
 	if waitErr != nil {
@@ -145,7 +174,115 @@ func run(ctx context.Context, out io.Writer, dbPath string) error {
 			return err
 		}
 	}
+	hooks.print(out)
 	return nil
+}
+
+// countEvents is how many events the executions announced: one per
+// version.
+func countEvents(ctx context.Context, engine *execution.Engine, ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if e, err := engine.Get(ctx, id); err == nil {
+			n += int(e.Version)
+		}
+	}
+	return n
+}
+
+// serve serves h on a loopback port and returns its base URL and a
+// function that stops it.
+func serve(h http.Handler) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	stop := func() {
+		srv.Close()
+		<-served
+	}
+	return "http://" + ln.Addr().String(), stop, nil
+}
+
+// subscriber is the receiving side of the webhooks.
+type subscriber struct {
+	url    string
+	secret webhook.Secret
+	inbox  *sqlite.Store
+	stop   func()
+
+	mu    sync.Mutex
+	lines []string
+}
+
+func newSubscriber(ctx context.Context, inboxPath, apiURL string) (*subscriber, error) {
+	inbox, err := sqlite.Open(ctx, inboxPath, sqlite.Options{})
+	if err != nil {
+		return nil, err
+	}
+	client, err := httpapi.NewClient(apiURL, httpapi.ClientConfig{})
+	if err != nil {
+		inbox.Close()
+		return nil, err
+	}
+	s := &subscriber{secret: webhook.NewSecret(), inbox: inbox}
+	receiver, err := webhook.NewReceiver(webhook.ReceiverConfig[httpapi.Execution]{
+		Secrets: []string{s.secret.Reveal()},
+		Inbox:   inbox,
+		Fetch:   client.Get,
+		Handle: func(_ context.Context, ev execution.EventPayload, now httpapi.Execution) error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.lines = append(s.lines, fmt.Sprintf("  %-20s v%d  %-18s  canonical now: %-9s v%d",
+				ev.Event, ev.Version, ev.Action, now.Status, now.Version))
+			return nil
+		},
+	})
+	if err != nil {
+		inbox.Close()
+		return nil, err
+	}
+	s.url, s.stop, err = serve(receiver)
+	if err != nil {
+		inbox.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *subscriber) close() {
+	s.stop()
+	s.inbox.Close()
+}
+
+func (s *subscriber) print(out io.Writer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(out, "\nwebhooks verified and handled by the receiver, in arrival order (%d):\n", len(s.lines))
+	for _, l := range s.lines {
+		fmt.Fprintln(out, l)
+	}
+}
+
+// waitForDeliveries waits until the receiver acknowledged want events.
+func waitForDeliveries(ctx context.Context, d *webhook.Dispatcher, want int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		done, err := d.Deliveries(ctx, webhook.DeliveryFilter{State: webhook.Delivered, Limit: want + 1})
+		if err != nil {
+			return err
+		}
+		if len(done) >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d webhooks delivered after %s", len(done), want, limit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // pollOverHTTP waits for one execution with the HTTP client, as a remote
