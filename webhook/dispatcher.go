@@ -202,7 +202,9 @@ func (d *Dispatcher) UpdateEndpoint(ctx context.Context, id string, c EndpointCo
 }
 
 // Endpoints returns every endpoint.
-func (d *Dispatcher) Endpoints(ctx context.Context) ([]Endpoint, error) { return d.store.ListEndpoints(ctx) }
+func (d *Dispatcher) Endpoints(ctx context.Context) ([]Endpoint, error) {
+	return d.store.ListEndpoints(ctx)
+}
 
 // DisableEndpoint stops deliveries to an endpoint; its pending deliveries
 // are parked until it is enabled.
