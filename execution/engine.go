@@ -379,10 +379,10 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 // accepted execution can always be canceled; a running one only if its
 // provider implements [Canceler]. Whenever the provider can cancel and the
 // work was submitted, it is asked first, and its error is returned with
-// nothing changed. Canceling a canceled execution succeeds and changes nothing; an
-// execution that reached another terminal state first (a cancel that lost
-// the race to completion) is returned as it is, with an error wrapping
-// [ErrTerminal].
+// nothing changed. Canceling a canceled execution succeeds and changes
+// nothing; an execution that reached another terminal state first (a
+// cancel that lost the race to completion) is returned as it is, with an
+// error wrapping [ErrTerminal], and nothing is written.
 func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, error) {
 	if err := ValidateID(id); err != nil {
 		return Execution{}, fmt.Errorf("cancel execution: %w", err)
@@ -401,7 +401,6 @@ func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, erro
 			return e, nil
 		}
 		if e.Done() {
-			g.ignore(ctx, e, fsm.Canceled, "cancel of a terminal execution", now)
 			return e, fmt.Errorf("cancel execution %s: %w: it is %s", id, ErrTerminal, e.Status)
 		}
 

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/internal/backoff"
 )
 
@@ -34,8 +35,11 @@ type ClientConfig struct {
 	// server gives no Retry-After. Zero means 1 and 30 seconds.
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
-	// MaxErrors is how many failed polls in a row (network errors, 5xx)
-	// Wait tolerates before it returns the last error. Zero means 10.
+	// MaxRetryAfter caps how long Wait honours a Retry-After. Zero means
+	// 5 minutes.
+	MaxRetryAfter time.Duration
+	// MaxErrors is how many failed polls in a row (network errors, 5xx,
+	// 429) Wait tolerates before it returns the last error. Zero means 10.
 	MaxErrors int
 	// Sleep waits between polls; it returns early with ctx's error. Nil
 	// means a timer. Tests replace it to run without waiting.
@@ -64,8 +68,19 @@ func NewClient(baseURL string, cfg ClientConfig) (*Client, error) {
 	if cfg.LongPoll == 0 {
 		cfg.LongPoll = 30 * time.Second
 	}
+	if cfg.LongPoll > 0 && cfg.LongPoll < time.Second {
+		cfg.LongPoll = time.Second // the server counts whole seconds
+	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: max(cfg.LongPoll, 0) + 30*time.Second}
+		cfg.HTTPClient = &http.Client{
+			Timeout: max(cfg.LongPoll, 0) + 30*time.Second,
+			// A redirect is an answer like any other: credentials in
+			// Header must not follow it to another host.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	if cfg.MaxRetryAfter <= 0 {
+		cfg.MaxRetryAfter = 5 * time.Minute
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = time.Second
@@ -95,6 +110,9 @@ func (c *Client) Create(ctx context.Context, req CreateRequest, idempotencyKey s
 			r.Header.Set("Idempotency-Key", idempotencyKey)
 		}
 	}, &out)
+	if err == nil {
+		err = checkExecution(out, "")
+	}
 	if err != nil {
 		return Execution{}, fmt.Errorf("create execution: %w", err)
 	}
@@ -103,11 +121,29 @@ func (c *Client) Create(ctx context.Context, req CreateRequest, idempotencyKey s
 
 // Get returns the execution with the id.
 func (c *Client) Get(ctx context.Context, id string) (Execution, error) {
+	if err := execution.ValidateID(id); err != nil {
+		return Execution{}, fmt.Errorf("get execution: %w", err)
+	}
 	var out Execution
-	if _, err := c.do(ctx, http.MethodGet, "/executions/"+url.PathEscape(id), nil, nil, &out); err != nil {
+	if _, err := c.do(ctx, http.MethodGet, "/executions/"+id, nil, nil, &out); err != nil {
+		return Execution{}, fmt.Errorf("get execution: %w", err)
+	}
+	if err := checkExecution(out, id); err != nil {
 		return Execution{}, fmt.Errorf("get execution: %w", err)
 	}
 	return out, nil
+}
+
+// ErrBadResponse is returned for a 2xx answer that is not what the
+// request asked for.
+var ErrBadResponse = errors.New("unexpected response")
+
+// checkExecution refuses an answer that is not the execution asked for.
+func checkExecution(x Execution, id string) error {
+	if x.ID == "" || (id != "" && x.ID != id) {
+		return fmt.Errorf("%w: execution %.40q where %s was asked for", ErrBadResponse, x.ID, id)
+	}
+	return nil
 }
 
 // ListOptions filters [Client.List]. Zero fields match all.
@@ -155,9 +191,18 @@ func (c *Client) List(ctx context.Context, o ListOptions) (Page, error) {
 // terminal state returns a [*Problem] of type [TypeConflict] whose
 // Execution is the record as it ended.
 func (c *Client) Cancel(ctx context.Context, id, reason string) (Execution, error) {
-	body, _ := json.Marshal(cancelRequest{Reason: reason})
+	if err := execution.ValidateID(id); err != nil {
+		return Execution{}, fmt.Errorf("cancel execution: %w", err)
+	}
+	body, _ := json.Marshal(struct {
+		Reason string `json:"reason,omitempty"`
+	}{reason})
 	var out Execution
-	if _, err := c.do(ctx, http.MethodPost, "/executions/"+url.PathEscape(id)+"/cancel", body, nil, &out); err != nil {
+	_, err := c.do(ctx, http.MethodPost, "/executions/"+id+"/cancel", body, nil, &out)
+	if err == nil {
+		err = checkExecution(out, id)
+	}
+	if err != nil {
 		return Execution{}, fmt.Errorf("cancel execution: %w", err)
 	}
 	return out, nil
@@ -165,10 +210,13 @@ func (c *Client) Cancel(ctx context.Context, id, reason string) (Execution, erro
 
 // Transitions returns the history of an execution.
 func (c *Client) Transitions(ctx context.Context, id string) ([]Transition, error) {
+	if err := execution.ValidateID(id); err != nil {
+		return nil, fmt.Errorf("execution transitions: %w", err)
+	}
 	var out struct {
 		Transitions []Transition `json:"transitions"`
 	}
-	if _, err := c.do(ctx, http.MethodGet, "/executions/"+url.PathEscape(id)+"/transitions", nil, nil, &out); err != nil {
+	if _, err := c.do(ctx, http.MethodGet, "/executions/"+id+"/transitions", nil, nil, &out); err != nil {
 		return nil, fmt.Errorf("execution transitions: %w", err)
 	}
 	return out.Transitions, nil
@@ -187,6 +235,9 @@ func (c *Client) Wait(ctx context.Context, id string) (Execution, error) {
 // WaitFunc is [Client.Wait], calling each (if not nil) with every new
 // version of the execution it receives.
 func (c *Client) WaitFunc(ctx context.Context, id string, each func(Execution)) (Execution, error) {
+	if err := execution.ValidateID(id); err != nil {
+		return Execution{}, fmt.Errorf("wait for execution: %w", err)
+	}
 	var (
 		last       Execution
 		tag        string
@@ -196,11 +247,13 @@ func (c *Client) WaitFunc(ctx context.Context, id string, each func(Execution)) 
 		backoffs   int
 	)
 	for {
-		path := "/executions/" + url.PathEscape(id)
-		if longPoll {
+		path := "/executions/" + id
+		polled := longPoll
+		if polled {
 			path += "?wait=" + strconv.Itoa(int(c.cfg.LongPoll/time.Second))
 		}
 		var fresh Execution
+		sent := time.Now()
 		resp, err := c.do(ctx, http.MethodGet, path, nil, func(r *http.Request) {
 			if tag != "" {
 				r.Header.Set("If-None-Match", tag)
@@ -208,53 +261,64 @@ func (c *Client) WaitFunc(ctx context.Context, id string, each func(Execution)) 
 		}, &fresh)
 
 		var p *Problem
+		changed := false
 		switch {
 		case ctx.Err() != nil:
 			return last, fmt.Errorf("wait for execution %s: %w", id, ctx.Err())
-		case errors.As(err, &p) && p.Status < 500:
+		case errors.As(err, &p) && p.Status < 500 && p.Status != http.StatusTooManyRequests:
 			return last, fmt.Errorf("wait for execution %s: %w", id, err)
-		case err != nil:
+		case err == nil && resp.StatusCode == http.StatusOK:
+			if err = checkExecution(fresh, id); err != nil {
+				break
+			}
+			if !fresh.Status.Valid() {
+				return fresh, fmt.Errorf("wait for execution %s: %w %q", id, ErrUnknownStatus, echo(string(fresh.Status)))
+			}
+			changed = fresh.Version != last.Version || last.ID == ""
+			last, tag = fresh, resp.Header.Get("ETag")
+			if changed && each != nil {
+				each(last)
+			}
+			if last.Done || last.Status.Terminal() {
+				return last, nil
+			}
+		}
+		if err != nil {
 			failures++
 			if failures >= c.cfg.MaxErrors {
 				return last, fmt.Errorf("wait for execution %s: %d failed polls in a row: %w", id, failures, err)
 			}
-		default:
+		} else {
 			failures = 0
-			if resp.StatusCode == http.StatusOK {
-				last, tag = fresh, resp.Header.Get("ETag")
-				if !last.Status.Valid() {
-					return last, fmt.Errorf("wait for execution %s: %w %q", id, ErrUnknownStatus, last.Status)
-				}
-				if each != nil {
-					each(last)
-				}
-				if last.Done {
-					return last, nil
-				}
-			}
 			if s, err := strconv.Atoi(resp.Header.Get(MaxWaitHeader)); err == nil && s > 0 && c.cfg.LongPoll > 0 {
 				longPoll = true
 			}
 		}
-
 		if resp != nil {
 			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
-				retryAfter = max(time.Duration(s)*time.Second, time.Second)
+				retryAfter = clamp(time.Duration(s)*time.Second, time.Second, c.cfg.MaxRetryAfter)
 			}
 		}
-		if longPoll && err == nil {
-			continue // the server did the waiting
+
+		// Long-poll at once when the server just offered it, after a long
+		// poll that brought news, or after one the server held for a good
+		// part of the wait; a quicker empty answer would make this spin,
+		// so it waits like a plain poll.
+		if err == nil && longPoll && (!polled || changed || time.Since(sent) >= c.cfg.LongPoll/2) {
+			continue
 		}
 		delay := retryAfter
 		if delay == 0 || err != nil {
 			backoffs++
-			delay = backoff.Delay(backoffs, c.cfg.MinBackoff, c.cfg.MaxBackoff, rand.Float64())
+			delay = max(delay, backoff.Delay(backoffs, c.cfg.MinBackoff, c.cfg.MaxBackoff, rand.Float64()))
 		}
 		if err := c.cfg.Sleep(ctx, delay); err != nil {
 			return last, fmt.Errorf("wait for execution %s: %w", id, err)
 		}
 	}
 }
+
+func clamp(d, lo, hi time.Duration) time.Duration { return backoff.Clamp(d, lo, hi) }
 
 // do sends one request and decodes a 2xx JSON answer into out. An error
 // answer becomes a *Problem; a 304 decodes nothing.
@@ -299,9 +363,18 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, edit 
 		}
 		return resp, nil
 	}
-	p := &Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode)}
-	if json.Unmarshal(data, p) != nil || p.Status == 0 {
-		p.Status = resp.StatusCode
+	// The status line is the truth; a body that disagrees with it is not
+	// a problem document of this API, and its type is not trusted.
+	p := &Problem{}
+	if json.Unmarshal(data, p) != nil || p.Status != resp.StatusCode {
+		p = &Problem{}
+	}
+	p.Status = resp.StatusCode
+	if p.Title == "" {
+		p.Title = http.StatusText(resp.StatusCode)
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		p.Detail = fmt.Sprintf("redirect to %q not followed", echo(resp.Header.Get("Location")))
 	}
 	return resp, p
 }

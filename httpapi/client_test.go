@@ -35,6 +35,9 @@ func (s *sleeps) all() []time.Duration {
 	return slices.Clone(s.d)
 }
 
+// testID is the execution the scripted servers answer about.
+const testID = "exe_01JZZZZZZZZZZZZZZZZZZZZZZZ"
+
 func TestWaitFollowsLongPollsToTheEnd(t *testing.T) {
 	t.Parallel()
 	e := setup(t, httpapi.Config{})
@@ -102,7 +105,7 @@ func answer(status fsm.State, retryAfter string) func(w http.ResponseWriter) {
 			w.Header().Set("Retry-After", retryAfter)
 		}
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"id":"exe_1","status":%q,"version":1,"done":%v}`, status, fsm.State(status).Terminal())
+		fmt.Fprintf(w, `{"id":"%s","status":%q,"version":1,"done":%v}`, testID, status, fsm.State(status).Terminal())
 	}
 }
 
@@ -131,7 +134,7 @@ func TestWaitHonoursRetryAfter(t *testing.T) {
 		answer(fsm.Running, "0"), // floored at one second
 		answer(fsm.Completed, ""),
 	)
-	got, err := c.Wait(context.Background(), "exe_1")
+	got, err := c.Wait(context.Background(), testID)
 	if err != nil || got.Status != fsm.Completed {
 		t.Fatalf("Wait = %+v, %v", got, err)
 	}
@@ -147,7 +150,7 @@ func TestWaitBacksOffWithoutRetryAfter(t *testing.T) {
 		answers = append(answers, answer(fsm.Pending, ""))
 	}
 	_, c, sl := scripted(t, append(answers, answer(fsm.Failed, ""))...)
-	if got, err := c.Wait(context.Background(), "exe_1"); err != nil || got.Status != fsm.Failed {
+	if got, err := c.Wait(context.Background(), testID); err != nil || got.Status != fsm.Failed {
 		t.Fatalf("Wait = %+v, %v", got, err)
 	}
 	d := sl.all()
@@ -166,7 +169,7 @@ func TestWaitBacksOffWithoutRetryAfter(t *testing.T) {
 func TestWaitStopsAtAnUnknownStatus(t *testing.T) {
 	t.Parallel()
 	s, c, _ := scripted(t, answer("paused", "1"))
-	_, err := c.Wait(context.Background(), "exe_1")
+	_, err := c.Wait(context.Background(), testID)
 	if !errors.Is(err, httpapi.ErrUnknownStatus) || s.count() != 1 {
 		t.Fatalf("err = %v after %d requests", err, s.count())
 	}
@@ -175,14 +178,14 @@ func TestWaitStopsAtAnUnknownStatus(t *testing.T) {
 func TestWaitGivesUpOnRepeatedFailures(t *testing.T) {
 	t.Parallel()
 	s, c, sl := scripted(t, failure(http.StatusServiceUnavailable))
-	_, err := c.Wait(context.Background(), "exe_1")
+	_, err := c.Wait(context.Background(), testID)
 	var p *httpapi.Problem
 	if !errors.As(err, &p) || p.Status != 503 || s.count() != 3 || len(sl.all()) != 2 {
 		t.Fatalf("err = %v after %d requests and %d sleeps", err, s.count(), len(sl.all()))
 	}
 
 	s, c, _ = scripted(t, failure(http.StatusNotFound))
-	if _, err := c.Wait(context.Background(), "exe_1"); !errors.As(err, &p) || p.Status != 404 || s.count() != 1 {
+	if _, err := c.Wait(context.Background(), testID); !errors.As(err, &p) || p.Status != 404 || s.count() != 1 {
 		t.Fatalf("404: err = %v after %d requests", err, s.count())
 	}
 }
@@ -192,7 +195,7 @@ func TestWaitReturnsWhenTheContextEnds(t *testing.T) {
 	_, c, _ := scripted(t, answer(fsm.Running, "5"))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := c.Wait(ctx, "exe_1"); !errors.Is(err, context.Canceled) {
+	if _, err := c.Wait(ctx, testID); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
 }

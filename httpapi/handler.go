@@ -1,24 +1,19 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
-	"mime"
 	"net/http"
-	"net/url"
-	"regexp"
+	"path"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/execkit/execkit/execution"
-	"github.com/execkit/execkit/fsm"
 )
 
 // MaxWaitHeader is the response header by which the handler offers long
@@ -47,6 +42,9 @@ type Config struct {
 	Clock execution.Clock
 	// Logger receives internal errors. Nil discards them.
 	Logger *slog.Logger
+	// AuthChallenge is the WWW-Authenticate header of a 401. Zero means
+	// "Bearer".
+	AuthChallenge string
 }
 
 // SingleOwner returns an Authenticate function that lets every request act
@@ -96,6 +94,9 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.AuthChallenge == "" {
+		cfg.AuthChallenge = "Bearer"
+	}
 	cfg.BasePath = strings.TrimSuffix(cfg.BasePath, "/")
 
 	h := &handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger}
@@ -108,27 +109,44 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	return h, nil
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
-
-// ownPaths matches the paths the handler serves, to tell a wrong method
-// from a wrong path.
-var ownPaths = regexp.MustCompile(`^/executions(/[^/]+(/cancel|/transitions)?)?$`)
-
-func (h *handler) unrouted(w http.ResponseWriter, r *http.Request) {
-	if !ownPaths.MatchString(r.URL.Path) {
+// ServeHTTP refuses paths that are not in clean form (the router would
+// redirect them, losing a mount prefix) and CONNECT, then routes.
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		writeProblem(w, newProblem(TypeMethodNotAllowed, http.StatusMethodNotAllowed, "CONNECT is not served"))
+		return
+	}
+	if p := r.URL.EscapedPath(); p == "" || p != path.Clean(p) {
 		writeProblem(w, newProblem(TypeNotFound, http.StatusNotFound, "no such resource"))
 		return
 	}
-	allow := "GET"
+	h.mux.ServeHTTP(w, r)
+}
+
+// unrouted answers requests no route took: 405 on the handler's own paths,
+// 404 elsewhere. It reads the escaped path, so that an id holding "%2F"
+// counts as one segment.
+func (h *handler) unrouted(w http.ResponseWriter, r *http.Request) {
+	segs := strings.Split(strings.TrimPrefix(r.URL.EscapedPath(), "/"), "/")
+	allow := ""
 	switch {
-	case r.URL.Path == "/executions":
-		allow = "GET, POST"
-	case strings.HasSuffix(r.URL.Path, "/cancel"):
+	case segs[0] != "executions":
+	case len(segs) == 1:
+		allow = "GET, HEAD, POST"
+	case len(segs) == 2:
+		allow = "GET, HEAD"
+	case len(segs) == 3 && segs[2] == "cancel":
 		allow = "POST"
+	case len(segs) == 3 && segs[2] == "transitions":
+		allow = "GET, HEAD"
+	}
+	if allow == "" {
+		writeProblem(w, newProblem(TypeNotFound, http.StatusNotFound, "no such resource"))
+		return
 	}
 	w.Header().Set("Allow", allow)
 	writeProblem(w, newProblem(TypeMethodNotAllowed, http.StatusMethodNotAllowed,
-		fmt.Sprintf("%s is not allowed here; use %s", r.Method, allow)))
+		fmt.Sprintf("%.20q is not allowed here; use %s", r.Method, allow)))
 }
 
 type ownedHandler func(w http.ResponseWriter, r *http.Request, owner string)
@@ -138,6 +156,7 @@ func (h *handler) authed(next ownedHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		owner, err := h.cfg.Authenticate(r)
 		if err != nil || owner == "" {
+			w.Header().Set("WWW-Authenticate", h.cfg.AuthChallenge)
 			writeProblem(w, newProblem(TypeUnauthorized, http.StatusUnauthorized, "missing or invalid credentials"))
 			return
 		}
@@ -146,23 +165,35 @@ func (h *handler) authed(next ownedHandler) http.HandlerFunc {
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request, owner string) {
-	if p := checkJSONContent(r); p != nil {
+	if _, p := checkQuery(r); p != nil {
 		writeProblem(w, p)
 		return
 	}
-	var req CreateRequest
-	if p := h.decodeBody(w, r, &req, false); p != nil {
+	if p := checkHeaders(r, "Idempotency-Key"); p != nil {
+		writeProblem(w, p)
+		return
+	}
+	var (
+		action   string
+		input    json.RawMessage
+		deadline *time.Time
+	)
+	if p := h.decodeBody(w, r, false, map[string]any{"action": &action, "input": &input, "deadline": &deadline}); p != nil {
 		writeProblem(w, p)
 		return
 	}
 	in := execution.CreateRequest{
-		Action:         req.Action,
-		Input:          req.Input,
+		Action:         action,
+		Input:          input,
 		Owner:          owner,
 		IdempotencyKey: r.Header.Get("Idempotency-Key"),
 	}
-	if req.Deadline != nil {
-		in.Deadline = *req.Deadline
+	if deadline != nil {
+		if deadline.IsZero() {
+			writeProblem(w, validation("deadline", "the zero time is not a deadline; leave the field out"))
+			return
+		}
+		in.Deadline = *deadline
 	}
 	e, err := h.cfg.Engine.Create(r.Context(), in)
 	if err != nil {
@@ -174,23 +205,26 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request, owner string) {
 }
 
 func (h *handler) get(w http.ResponseWriter, r *http.Request, owner string) {
+	q, p := checkQuery(r, "wait")
+	if p != nil {
+		writeProblem(w, p)
+		return
+	}
 	e, ok := h.load(w, r, owner)
 	if !ok {
 		return
 	}
-	if raw, present := r.URL.Query()["wait"]; present {
-		wait, err := parseWait(raw[len(raw)-1])
+	inm := r.Header.Get("If-None-Match")
+	if raw := q.Get("wait"); raw != "" || q.Has("wait") {
+		wait, err := parseWait(raw)
 		if err != nil {
 			writeProblem(w, validation("wait", err.Error()))
 			return
 		}
-		base := e.Version
-		if v, ok := parseETags(r.Header.Get("If-None-Match")); ok {
-			base = v
-		}
-		if base == e.Version && !e.Done() && wait > 0 {
+		// Wait only while the caller's copy is current (or unnamed).
+		if wait > 0 && !e.Done() && (inm == "" || etagMatches(inm, e.Version)) {
 			ctx, cancel := context.WithTimeout(r.Context(), min(wait, h.cfg.MaxWait))
-			e, err = h.cfg.Engine.WaitChange(ctx, e.ID, base)
+			e, err = h.cfg.Engine.WaitChange(ctx, e.ID, e.Version)
 			cancel()
 			if err != nil {
 				h.fail(w, r, err)
@@ -201,7 +235,7 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request, owner string) {
 			}
 		}
 	}
-	if v, ok := parseETags(r.Header.Get("If-None-Match")); ok && v == e.Version {
+	if inm != "" && etagMatches(inm, e.Version) {
 		h.setHeaders(w, e)
 		w.WriteHeader(http.StatusNotModified)
 		return
@@ -210,7 +244,12 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request, owner string) {
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request, owner string) {
-	f, p := parseFilter(r.URL.Query())
+	q, p := checkQuery(r, "status", "action", "createdAfter", "createdBefore", "limit", "cursor")
+	if p != nil {
+		writeProblem(w, p)
+		return
+	}
+	f, p := parseFilter(q)
 	if p != nil {
 		writeProblem(w, p)
 		return
@@ -228,29 +267,20 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, owner string) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// cancelRequest is the optional body of a cancel.
-type cancelRequest struct {
-	Reason string `json:"reason"`
-}
-
 func (h *handler) cancel(w http.ResponseWriter, r *http.Request, owner string) {
-	if p := checkJSONContent(r); p != nil {
+	if _, p := checkQuery(r); p != nil {
 		writeProblem(w, p)
 		return
 	}
-	var req cancelRequest
-	if p := h.decodeBody(w, r, &req, true); p != nil {
+	var reason string
+	if p := h.decodeBody(w, r, true, map[string]any{"reason": &reason}); p != nil {
 		writeProblem(w, p)
-		return
-	}
-	if len(req.Reason) > 500 {
-		writeProblem(w, validation("reason", fmt.Sprintf("%d bytes exceeds the limit of 500", len(req.Reason))))
 		return
 	}
 	if _, ok := h.load(w, r, owner); !ok {
 		return
 	}
-	e, err := h.cfg.Engine.Cancel(r.Context(), r.PathValue("id"), req.Reason)
+	e, err := h.cfg.Engine.Cancel(r.Context(), r.PathValue("id"), reason)
 	if errors.Is(err, execution.ErrTerminal) || errors.Is(err, execution.ErrInvalidTransition) {
 		p := newProblem(TypeConflict, http.StatusConflict, err.Error())
 		if e.ID != "" {
@@ -268,6 +298,10 @@ func (h *handler) cancel(w http.ResponseWriter, r *http.Request, owner string) {
 }
 
 func (h *handler) transitions(w http.ResponseWriter, r *http.Request, owner string) {
+	if _, p := checkQuery(r); p != nil {
+		writeProblem(w, p)
+		return
+	}
 	e, ok := h.load(w, r, owner)
 	if !ok {
 		return
@@ -307,172 +341,14 @@ func (h *handler) load(w http.ResponseWriter, r *http.Request, owner string) (ex
 	return e, true
 }
 
-// decodeBody reads a JSON object into v, refusing unknown fields, trailing
-// data and bodies over the cap. An empty body is allowed if optional.
-func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, v any, optional bool) *Problem {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return problemFor(err)
-		}
-		return validation("body", "could not be read")
-	}
-	if optional && len(bytes.TrimSpace(body)) == 0 {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return decodeProblem(err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return validation("body", "trailing data after the JSON object")
-	}
-	return nil
-}
-
-// decodeProblem says which field of a body was wrong.
-func decodeProblem(err error) *Problem {
-	var (
-		syntax *json.SyntaxError
-		typ    *json.UnmarshalTypeError
-		tm     *time.ParseError
-	)
-	switch {
-	case errors.As(err, &syntax):
-		return validation("body", fmt.Sprintf("malformed JSON at byte %d", syntax.Offset))
-	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			return validation("body", "must be a JSON object")
-		}
-		return validation(field, fmt.Sprintf("must be %s, not %s", jsonKind(typ.Type.Kind().String()), typ.Value))
-	case errors.As(err, &tm):
-		return validation("deadline", "must be an RFC 3339 time")
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return validation("body", "empty or truncated JSON")
-	}
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		field, _ := strconv.Unquote(name)
-		return validation(field, "unknown field")
-	}
-	return validation("body", "malformed JSON")
-}
-
-func jsonKind(goKind string) string {
-	switch goKind {
-	case "string":
-		return "a string"
-	case "struct", "map":
-		return "an object"
-	case "slice":
-		return "an object or array"
-	}
-	return "a " + goKind
-}
-
-func validation(field, problem string) *Problem {
-	p := newProblem(TypeValidation, http.StatusBadRequest, fmt.Sprintf("invalid %s: %s", field, problem))
-	p.Field = field
-	return p
-}
-
-func checkJSONContent(r *http.Request) *Problem {
-	ct := r.Header.Get("Content-Type")
-	if ct == "" {
-		return nil
-	}
-	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-		p := validation("Content-Type", fmt.Sprintf("%.60q is not application/json", ct))
-		p.Status = http.StatusUnsupportedMediaType
-		return p
-	}
-	return nil
-}
-
-// listParams are the query parameters of GET /executions.
-var listParams = map[string]bool{
-	"status": true, "action": true, "createdAfter": true, "createdBefore": true, "limit": true, "cursor": true,
-}
-
-func parseFilter(q url.Values) (execution.Filter, *Problem) {
-	var f execution.Filter
-	for k, v := range q {
-		if !listParams[k] {
-			return f, validation(k, "unknown query parameter")
-		}
-		if len(v) > 1 {
-			return f, validation(k, "given more than once")
-		}
-	}
-	f.Status = fsm.State(q.Get("status"))
-	if f.Status != "" && !f.Status.Valid() {
-		return f, validation("status", fmt.Sprintf("%.40q is not a state", q.Get("status")))
-	}
-	f.Action = q.Get("action")
-	f.Cursor = q.Get("cursor")
-	for _, b := range []struct {
-		name string
-		dst  *time.Time
-	}{{"createdAfter", &f.CreatedAfter}, {"createdBefore", &f.CreatedBefore}} {
-		if s := q.Get(b.name); s != "" {
-			t, err := time.Parse(time.RFC3339Nano, s)
-			if err != nil {
-				return f, validation(b.name, "must be an RFC 3339 time")
-			}
-			*b.dst = t
-		}
-	}
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return f, validation("limit", "must be a positive integer")
-		}
-		f.Limit = min(n, execution.MaxPageSize)
-	}
-	return f, nil
-}
-
-// parseWait reads a long-poll wait: a Go duration ("30s") or seconds.
-func parseWait(s string) (time.Duration, error) {
-	if n, err := strconv.Atoi(s); err == nil {
-		if n < 0 {
-			return 0, errors.New("must not be negative")
-		}
-		return time.Duration(min(n, math.MaxInt32)) * time.Second, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, errors.New(`must be a duration such as "30s", or seconds`)
-	}
-	return d, nil
-}
-
 // etag is the entity tag of an execution's representation: weak, because
 // fields such as nextCheckAt change without a transition.
 func etag(version int64) string { return `W/"` + strconv.FormatInt(version, 10) + `"` }
 
-// parseETags returns the version named in an If-None-Match list, if one
-// of its tags is ours.
-func parseETags(header string) (int64, bool) {
-	for _, tag := range strings.Split(header, ",") {
-		tag = strings.TrimPrefix(strings.TrimSpace(tag), "W/")
-		if len(tag) < 3 || tag[0] != '"' || tag[len(tag)-1] != '"' {
-			continue
-		}
-		if v, err := strconv.ParseInt(tag[1:len(tag)-1], 10, 64); err == nil {
-			return v, true
-		}
-	}
-	return 0, false
-}
-
 func (h *handler) setHeaders(w http.ResponseWriter, e execution.Execution) {
 	w.Header().Set("ETag", etag(e.Version))
 	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set(MaxWaitHeader, strconv.Itoa(int(h.cfg.MaxWait/time.Second)))
+	w.Header().Set(MaxWaitHeader, strconv.Itoa(max(1, int(h.cfg.MaxWait/time.Second))))
 	if !e.Done() {
 		w.Header().Set("Retry-After", strconv.Itoa(h.retryAfter(e)))
 	}
