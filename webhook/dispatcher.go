@@ -84,13 +84,14 @@ type Dispatcher struct {
 		entropy *ulid.MonotonicEntropy
 	}
 
-	mu      sync.Mutex
-	busy    map[string]int // deliveries in flight per endpoint
-	started bool
-	stopped bool
-	stop    context.CancelFunc
-	done    chan struct{}
-	wake    chan struct{}
+	mu         sync.Mutex
+	busy       map[string]int // deliveries in flight per endpoint
+	started    bool
+	stopped    bool
+	stop       context.CancelFunc // ends claiming
+	cancelWork context.CancelFunc // ends attempts in flight
+	done       chan struct{}
+	wake       chan struct{}
 }
 
 // NewDispatcher returns a dispatcher; Start runs it.
@@ -330,18 +331,23 @@ func (d *Dispatcher) Start(ctx context.Context) error {
 		return fmt.Errorf("start dispatcher: %w", execution.ErrAlreadyStarted)
 	}
 	d.started = true
-	ctx, d.stop = context.WithCancel(ctx)
+	claimCtx, stop := context.WithCancel(ctx)
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	d.stop, d.cancelWork = stop, cancelWork
 	d.done = make(chan struct{})
-	go d.run(ctx)
+	go d.run(claimCtx, workCtx)
 	return nil
 }
 
-// Stop stops claiming, waits for the attempts in flight (each bounded by
-// Timeout) and their records, and returns. It is safe to call twice.
+// Stop stops claiming and waits for the attempts in flight (each bounded
+// by Timeout) and their records. If ctx ends first, the attempts are
+// abandoned: their deliveries are released for another try without
+// counting an attempt, and Stop returns ctx's error once every worker has
+// returned. It is safe to call twice.
 func (d *Dispatcher) Stop(ctx context.Context) error {
 	d.mu.Lock()
 	d.stopped = true
-	stop, done := d.stop, d.done
+	stop, cancelWork, done := d.stop, d.cancelWork, d.done
 	d.mu.Unlock()
 	if stop == nil {
 		return nil
@@ -351,11 +357,13 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		cancelWork()
+		<-done
 		return fmt.Errorf("stop dispatcher: %w", ctx.Err())
 	}
 }
 
-func (d *Dispatcher) run(ctx context.Context) {
+func (d *Dispatcher) run(ctx, workCtx context.Context) {
 	defer close(d.done)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -381,7 +389,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 			slots <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-slots; d.done1(j.Delivery.EndpointID) }()
-				d.deliver(context.WithoutCancel(ctx), j, token)
+				d.deliver(workCtx, j, token)
 			})
 		}
 		if len(jobs) < free {
@@ -460,6 +468,15 @@ func (d *Dispatcher) deliver(ctx context.Context, j Job, token string) {
 	start := d.now()
 	attempt := Attempt{DeliveryID: j.Delivery.ID, At: start}
 	status, retryAfter, excerpt, err := d.post(ctx, j, secrets, start)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	if err != nil && ctx.Err() != nil {
+		// Abandoned by Stop: not the endpoint's failure.
+		if err := d.store.ReleaseDelivery(wctx, j.Delivery.ID, token, d.now()); err != nil {
+			d.log.WarnContext(wctx, "release delivery", "delivery", j.Delivery.ID, "error", err)
+		}
+		return
+	}
 	attempt.StatusCode, attempt.Response = status, excerpt
 	attempt.Latency = d.now().Sub(start)
 	if err != nil {
@@ -483,8 +500,6 @@ func (d *Dispatcher) deliver(ctx context.Context, j Job, token string) {
 	if o.DisableAfter < 0 {
 		o.DisableAfter = 0
 	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-	defer cancel()
 	if err := d.store.RecordAttempt(wctx, o); err != nil {
 		d.log.WarnContext(ctx, "record delivery attempt", "delivery", j.Delivery.ID, "error", err)
 	}

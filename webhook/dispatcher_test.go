@@ -465,3 +465,32 @@ func TestRotationSignsWithBothSecretsDuringTheOverlap(t *testing.T) {
 		t.Fatalf("signatures %q: want two during the overlap, one after", sigs)
 	}
 }
+
+func TestStopAbandonsAttemptsWithoutCountingThem(t *testing.T) {
+	t.Parallel()
+	e := setupDispatch(t, webhook.Config{Timeout: time.Minute})
+	entered := make(chan struct{}, 1)
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(hang.Close)
+	if _, _, err := e.disp.AddEndpoint(e.ctx, webhook.EndpointConfig{URL: hang.URL}); err != nil {
+		t.Fatal(err)
+	}
+	e.create()
+	if err := e.disp.Start(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	ctx, cancel := context.WithCancel(e.ctx)
+	cancel()
+	if err := e.disp.Stop(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Stop = %v", err)
+	}
+	d := e.deliveries(webhook.DeliveryFilter{})[0]
+	attempts, _ := e.disp.Attempts(e.ctx, d.ID)
+	if d.State != webhook.Pending || d.Attempts != 0 || len(attempts) != 0 {
+		t.Fatalf("after an abandoned attempt: %s, %d attempts, %d recorded", d.State, d.Attempts, len(attempts))
+	}
+}

@@ -174,15 +174,17 @@ func (r *Receiver[T]) process(ctx context.Context, ev execution.EventPayload) in
 			return http.StatusServiceUnavailable
 		}
 	}
-	c := &call{done: make(chan struct{})}
+	c := &call{done: make(chan struct{}), status: http.StatusInternalServerError}
 	r.inflight[ev.ID] = c
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.inflight, ev.ID)
+		r.mu.Unlock()
+		close(c.done)
+	}()
 
 	c.status = r.handleOnce(ctx, ev)
-	r.mu.Lock()
-	delete(r.inflight, ev.ID)
-	r.mu.Unlock()
-	close(c.done)
 	return c.status
 }
 
@@ -201,12 +203,7 @@ func (r *Receiver[T]) handleOnce(ctx context.Context, ev execution.EventPayload)
 		return http.StatusServiceUnavailable
 	}
 
-	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandleTimeout)
-	defer cancel()
-	current, err := r.cfg.Fetch(hctx, ev.ExecutionID)
-	if err == nil {
-		err = r.cfg.Handle(hctx, ev, current)
-	}
+	err = r.fetchAndHandle(ctx, ev)
 	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer wcancel()
 	if err != nil {
@@ -221,4 +218,22 @@ func (r *Receiver[T]) handleOnce(ctx context.Context, ev execution.EventPayload)
 		return http.StatusInternalServerError
 	}
 	return http.StatusNoContent
+}
+
+// fetchAndHandle runs the host's functions under HandleTimeout; a panic in
+// them is an error like any other, so that the event is released for the
+// sender's retry.
+func (r *Receiver[T]) fetchAndHandle(ctx context.Context, ev execution.EventPayload) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.HandleTimeout)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("webhook handler panicked: %v", p)
+		}
+	}()
+	current, err := r.cfg.Fetch(ctx, ev.ExecutionID)
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", ev.ExecutionID, err)
+	}
+	return r.cfg.Handle(ctx, ev, current)
 }

@@ -191,3 +191,38 @@ func TestReceiverRefusesBadDeliveriesAndRecordsNothing(t *testing.T) {
 		t.Fatalf("inbox state %v, %v", state, err)
 	}
 }
+
+func TestReceiverSurvivesAPanickingHandler(t *testing.T) {
+	t.Parallel()
+	inbox, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "inbox.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inbox.Close()
+	secret := webhook.NewSecret()
+	var calls atomic.Int32
+	rec, err := webhook.NewReceiver(webhook.ReceiverConfig[string]{
+		Secrets: []string{secret.Reveal()},
+		Inbox:   inbox,
+		Fetch:   func(context.Context, string) (string, error) { return "now", nil },
+		Handle: func(context.Context, execution.EventPayload, string) error {
+			if calls.Add(1) == 1 {
+				panic("host bug")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	r := &renv{t: t, srv: srv}
+	body := event("evt_p", exe1, fsm.Running, 3)
+	if s := r.post(body, "evt_p", time.Now(), secret); s != http.StatusInternalServerError {
+		t.Fatalf("panicking handler answered %d", s)
+	}
+	if s := r.post(body, "evt_p", time.Now(), secret); s != http.StatusNoContent || calls.Load() != 2 {
+		t.Fatalf("retry answered %d after %d calls", s, calls.Load())
+	}
+}
