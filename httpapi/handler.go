@@ -282,7 +282,12 @@ func (h *handler) cancel(w http.ResponseWriter, r *http.Request, owner string) {
 	}
 	e, err := h.cfg.Engine.Cancel(r.Context(), r.PathValue("id"), reason)
 	if errors.Is(err, execution.ErrTerminal) || errors.Is(err, execution.ErrInvalidTransition) {
-		p := newProblem(TypeConflict, http.StatusConflict, err.Error())
+		// The engine's message may quote the provider; say it plainly.
+		detail := fmt.Sprintf("the execution is %s and cannot be canceled", e.Status)
+		if errors.Is(err, execution.ErrTerminal) {
+			detail = fmt.Sprintf("the execution is already %s", e.Status)
+		}
+		p := newProblem(TypeConflict, http.StatusConflict, detail)
 		if e.ID != "" {
 			out := newExecution(e)
 			p.Execution = &out

@@ -28,7 +28,8 @@ type migration struct {
 }
 
 // migrations returns the embedded steps in order. Files are named
-// NNNN_what.sql, numbered from 1 without gaps.
+// NNNN_what.sql, numbered from 1 without gaps. A step that has been
+// released is never edited: a change is a new step.
 func migrations() ([]migration, error) {
 	entries, err := fs.ReadDir(migrationFiles, "migrations")
 	if err != nil {

@@ -113,10 +113,14 @@ func SetHeaders(h http.Header, id string, at time.Time, body []byte, secrets ...
 const DefaultTolerance = 5 * time.Minute
 
 // Verify checks the webhook headers of a request against its raw body: a
-// timestamp within tolerance of now, and a v1 signature made with one of
-// the secrets. It returns the event id. Errors wrap [ErrMissingHeaders],
-// [ErrStaleTimestamp] or [ErrBadSignature].
+// timestamp within tolerance of now (zero means [DefaultTolerance]), and a
+// v1 signature made with one of the secrets. It returns the event id.
+// Errors wrap [ErrMissingHeaders], [ErrStaleTimestamp] or
+// [ErrBadSignature].
 func Verify(h http.Header, body []byte, now time.Time, tolerance time.Duration, secrets ...Secret) (string, error) {
+	if tolerance <= 0 {
+		tolerance = DefaultTolerance
+	}
 	id, tsText, sigs := h.Get(HeaderID), h.Get(HeaderTimestamp), h.Get(HeaderSignature)
 	if id == "" || tsText == "" || sigs == "" {
 		return "", fmt.Errorf("%w: need %s, %s and %s", ErrMissingHeaders, HeaderID, HeaderTimestamp, HeaderSignature)
