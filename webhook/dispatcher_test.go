@@ -3,6 +3,7 @@ package webhook_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -470,11 +471,20 @@ func TestStopAbandonsAttemptsWithoutCountingThem(t *testing.T) {
 	t.Parallel()
 	e := setupDispatch(t, webhook.Config{Timeout: time.Minute})
 	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
 	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		entered <- struct{}{}
-		<-r.Context().Done()
+		_, _ = io.Copy(io.Discard, r.Body) // lets the server notice the client leaving
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
 	}))
 	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(release) }) // runs before Close
 	if _, _, err := e.disp.AddEndpoint(e.ctx, webhook.EndpointConfig{URL: hang.URL}); err != nil {
 		t.Fatal(err)
 	}
