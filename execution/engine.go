@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/execkit/execkit/fsm"
+	"github.com/execkit/execkit/internal/wake"
 )
 
 // Clock tells the time. Every schedule in the engine reads it, so tests
@@ -128,7 +129,7 @@ type Engine struct {
 	mu        sync.RWMutex
 	providers map[string]Provider
 
-	wake  chan struct{}
+	wake  *wake.Signal
 	watch watchers
 
 	lifeMu  sync.Mutex
@@ -152,7 +153,7 @@ func New(store Store, cfg Config) (*Engine, error) {
 		log:       cfg.Logger,
 		ids:       newIDSource(),
 		providers: make(map[string]Provider),
-		wake:      make(chan struct{}, 1),
+		wake:      wake.New(),
 	}, nil
 }
 
@@ -244,7 +245,7 @@ func (g *Engine) create(ctx context.Context, tx *sql.Tx, req CreateRequest) (Exe
 	if err != nil {
 		return Execution{}, fmt.Errorf("create execution: %w", err)
 	}
-	g.signal()
+	g.wake.Notify()
 	return e, nil
 }
 
@@ -471,15 +472,7 @@ func (g *Engine) now() time.Time {
 // changed wakes the loop and the waiters of an execution after a write.
 func (g *Engine) changed(id string) {
 	g.watch.notify(id)
-	g.signal()
-}
-
-// signal wakes the loop without blocking.
-func (g *Engine) signal() {
-	select {
-	case g.wake <- struct{}{}:
-	default:
-	}
+	g.wake.Notify()
 }
 
 // Log attribute keys.

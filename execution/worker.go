@@ -11,6 +11,7 @@ import (
 
 	"github.com/execkit/execkit/fsm"
 	"github.com/execkit/execkit/internal/backoff"
+	"github.com/execkit/execkit/internal/wake"
 )
 
 // writeTimeout bounds the store write that records a provider's answer.
@@ -106,26 +107,26 @@ func (g *Engine) run(l *loop) {
 	for l.claimCtx.Err() == nil {
 		free := cap(slots) - len(slots)
 		if free == 0 {
-			g.sleep(l.claimCtx, g.cfg.PollInterval)
+			g.wake.Sleep(l.claimCtx, g.cfg.PollInterval)
 			continue
 		}
 		batch, token, err := g.claim(l.claimCtx, free)
 		if err != nil {
 			if l.claimCtx.Err() == nil {
 				g.log.ErrorContext(l.claimCtx, "claim executions", attrError, err)
-				g.sleep(l.claimCtx, g.cfg.PollInterval)
+				g.wake.Sleep(l.claimCtx, g.cfg.PollInterval)
 			}
 			continue
 		}
 		for _, e := range batch {
 			slots <- struct{}{}
 			wg.Go(func() {
-				defer func() { <-slots; g.signal() }()
+				defer func() { <-slots; g.wake.Notify() }()
 				g.process(l.workCtx, e, token)
 			})
 		}
 		if len(batch) < free {
-			g.sleep(l.claimCtx, g.idleWait(l.claimCtx))
+			g.wake.Sleep(l.claimCtx, g.idleWait(l.claimCtx))
 		}
 	}
 }
@@ -167,21 +168,7 @@ func (g *Engine) claim(ctx context.Context, limit int) ([]Execution, string, err
 // due, at most PollInterval.
 func (g *Engine) idleWait(ctx context.Context) time.Duration {
 	due, ok, err := g.store.NextDue(ctx, g.actions())
-	if err != nil || !ok {
-		return g.cfg.PollInterval
-	}
-	return backoff.Clamp(due.Sub(g.now()), time.Millisecond, g.cfg.PollInterval)
-}
-
-// sleep waits for d, a wake signal, or the end of ctx.
-func (g *Engine) sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-g.wake:
-	case <-ctx.Done():
-	}
+	return wake.Until(due, ok && err == nil, g.now(), g.cfg.PollInterval)
 }
 
 // process makes one provider call for a claimed execution and writes the

@@ -20,6 +20,7 @@ import (
 
 	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/internal/backoff"
+	"github.com/execkit/execkit/internal/wake"
 )
 
 // DefaultSchedule is the wait before each attempt of a delivery: the first
@@ -91,7 +92,7 @@ type Dispatcher struct {
 	stop       context.CancelFunc // ends claiming
 	cancelWork context.CancelFunc // ends attempts in flight
 	done       chan struct{}
-	wake       chan struct{}
+	wake       *wake.Signal
 }
 
 // NewDispatcher returns a dispatcher; Start runs it.
@@ -132,7 +133,7 @@ func NewDispatcher(cfg Config) (*Dispatcher, error) {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
-	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, busy: map[string]int{}, wake: make(chan struct{}, 1)}
+	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, busy: map[string]int{}, wake: wake.New()}
 	d.ids.entropy = ulid.Monotonic(cryptoReader{}, 0)
 	dialer := &net.Dialer{Timeout: cfg.ConnectTimeout, Control: cfg.Policy.control}
 	d.client = &http.Client{
@@ -224,7 +225,7 @@ func (d *Dispatcher) EnableEndpoint(ctx context.Context, id string) error {
 	if err := d.store.EnableEndpoint(ctx, id, d.now()); err != nil {
 		return fmt.Errorf("enable endpoint: %w", err)
 	}
-	d.signal()
+	d.wake.Notify()
 	return nil
 }
 
@@ -260,7 +261,7 @@ func (d *Dispatcher) Replay(ctx context.Context, endpointID, eventID string) err
 	if _, err := d.store.Replay(ctx, endpointID, []string{eventID}, d.now()); err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
-	d.signal()
+	d.wake.Notify()
 	return nil
 }
 
@@ -275,7 +276,7 @@ func (d *Dispatcher) ReplaySince(ctx context.Context, endpointID string, since t
 	if err != nil {
 		return 0, fmt.Errorf("replay since %s: %w", since, err)
 	}
-	d.signal()
+	d.wake.Notify()
 	return n, nil
 }
 
@@ -374,14 +375,14 @@ func (d *Dispatcher) run(ctx, workCtx context.Context) {
 		}
 		free := cap(slots) - len(slots)
 		if free == 0 {
-			d.sleep(ctx, d.cfg.PollInterval)
+			d.wake.Sleep(ctx, d.cfg.PollInterval)
 			continue
 		}
 		jobs, token, err := d.claim(ctx, free)
 		if err != nil {
 			if ctx.Err() == nil {
 				d.log.ErrorContext(ctx, "claim deliveries", "error", err)
-				d.sleep(ctx, d.cfg.PollInterval)
+				d.wake.Sleep(ctx, d.cfg.PollInterval)
 			}
 			continue
 		}
@@ -393,7 +394,7 @@ func (d *Dispatcher) run(ctx, workCtx context.Context) {
 			})
 		}
 		if len(jobs) < free {
-			d.sleep(ctx, d.idleWait(ctx))
+			d.wake.Sleep(ctx, d.idleWait(ctx))
 		}
 	}
 }
@@ -454,7 +455,7 @@ func (d *Dispatcher) done1(endpointID string) {
 		delete(d.busy, endpointID)
 	}
 	d.mu.Unlock()
-	d.signal()
+	d.wake.Notify()
 }
 
 // deliver makes one attempt and records its outcome.
@@ -554,30 +555,11 @@ func (d *Dispatcher) retryDelay(attempts, status int, retryAfter time.Duration) 
 	return wait + time.Duration((rand.Float64()*0.2-0.1)*float64(wait))
 }
 
+// idleWait is how long the loop may sleep: until the next delivery is
+// due, at most PollInterval.
 func (d *Dispatcher) idleWait(ctx context.Context) time.Duration {
 	due, ok, err := d.store.NextDeliveryDue(ctx)
-	if err != nil || !ok {
-		return d.cfg.PollInterval
-	}
-	return backoff.Clamp(due.Sub(d.now()), time.Millisecond, d.cfg.PollInterval)
-}
-
-func (d *Dispatcher) sleep(ctx context.Context, wait time.Duration) {
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-d.wake:
-	case <-ctx.Done():
-	}
-}
-
-// signal wakes the loop without blocking.
-func (d *Dispatcher) signal() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+	return wake.Until(due, ok && err == nil, d.now(), d.cfg.PollInterval)
 }
 
 func (d *Dispatcher) now() time.Time { return d.cfg.Clock.Now().UTC().Truncate(time.Millisecond) }
