@@ -13,8 +13,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -40,7 +42,13 @@ type Options struct {
 	Readers int
 	// Logger receives the store's logs. Nil discards them.
 	Logger *slog.Logger
+	// MustExist refuses to create the file: Open fails with an error
+	// wrapping [ErrNoDatabase] if it is missing.
+	MustExist bool
 }
+
+// ErrNoDatabase is returned by [Open] with MustExist for a missing file.
+var ErrNoDatabase = errors.New("database file does not exist")
 
 // Store is an [execution.Store] on one SQLite file. It is safe for
 // concurrent use.
@@ -64,6 +72,11 @@ var _ execution.Store = (*Store)(nil)
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if path == "" || strings.ContainsAny(path, "?#\x00") || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
 		return nil, fmt.Errorf("open store: path %q must be a plain file path", path)
+	}
+	if opts.MustExist {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open store %s: %w", path, ErrNoDatabase)
+		}
 	}
 	if opts.BusyTimeout == 0 {
 		opts.BusyTimeout = 10 * time.Second
