@@ -389,6 +389,16 @@ func ValidateID(id string) error {
 	return nil
 }
 
+// ExampleID returns a well-formed execution id made from n, for tests and
+// examples that need ids without an engine.
+func ExampleID(n int) string {
+	var id ulid.ULID
+	for i := range 8 {
+		id[15-i] = byte(n >> (8 * i))
+	}
+	return "exe_" + id.String()
+}
+
 // idSource makes ULIDs that increase within a millisecond, so that ids
 // made by one engine sort in creation order.
 type idSource struct {

@@ -69,7 +69,7 @@ func TestPruneLeavesNoOrphansAndKeepsUndelivered(t *testing.T) {
 	t.Parallel()
 	n := 100_000
 	if raceEnabled || testing.Short() {
-		n = 3_000
+		n = 1_000
 	}
 	ctx := context.Background()
 	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "prune.db"), sqlite.Options{})

@@ -9,6 +9,7 @@ import (
 	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/fsm"
 	"github.com/execkit/execkit/providers/fake"
+	"github.com/execkit/execkit/providers/providertest"
 )
 
 func TestTimelineAnswersFromTheClock(t *testing.T) {
@@ -95,4 +96,21 @@ func TestCancel(t *testing.T) {
 	if err := p.Cancel(ctx, execution.Execution{ID: "exe_n", Action: "no.job"}); err == nil {
 		t.Fatal("cancel of a non-cancelable script succeeded")
 	}
+}
+
+func TestConformance(t *testing.T) {
+	clock := fake.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	providertest.Run(t, providertest.Harness{
+		New: func(*testing.T) execution.Provider {
+			p := fake.New(clock)
+			p.Script("servers.provision", fake.Script{Steps: []fake.Step{
+				fake.Accept(time.Second), fake.Start(2 * time.Second), fake.Complete(3*time.Second, `{"ip":"203.0.113.1"}`)}})
+			p.Script("companies.form", fake.Script{Steps: []fake.Step{
+				fake.Accept(time.Second), fake.Refund(2*time.Second, "rejected", "no")}})
+			return p
+		},
+		Succeeds: execution.Execution{Action: "servers.provision", Input: []byte(`{}`)},
+		Fails:    execution.Execution{Action: "companies.form", Input: []byte(`{}`)},
+		Wait:     clock.Advance,
+	})
 }
