@@ -106,6 +106,9 @@ func Run(t *testing.T, h Harness) {
 			if u.Status.Terminal() {
 				return
 			}
+			if u.ExternalRef != "" {
+				e.ExternalRef = u.ExternalRef // as the engine records it
+			}
 			h.Wait(max(u.CheckAfter, time.Millisecond))
 			u, err = p.Check(context.Background(), e)
 		}
@@ -125,6 +128,9 @@ func drive(t *testing.T, h Harness, p execution.Provider, e execution.Execution)
 		}
 		if err == nil && u.Status.Terminal() {
 			return u
+		}
+		if u.ExternalRef != "" {
+			e.ExternalRef = u.ExternalRef // as the engine records it
 		}
 		h.Wait(max(u.CheckAfter, time.Millisecond))
 		u, err = p.Check(context.Background(), e)
