@@ -412,7 +412,8 @@ func (s *Store) ListDeliveries(ctx context.Context, f webhook.DeliveryFilter) ([
 	}
 	rows, err := db.QueryContext(ctx, `SELECT `+deliveryColumns+` FROM webhook_deliveries d
 		WHERE (?1 = '' OR d.state = ?1) AND (?2 = '' OR d.endpoint_id = ?2) AND (?3 = '' OR d.event_id = ?3)
-		ORDER BY d.id DESC LIMIT ?4`, f.State, f.EndpointID, f.EventID, limit)
+		  AND (?5 = '' OR d.execution_id = ?5)
+		ORDER BY d.id DESC LIMIT ?4`, f.State, f.EndpointID, f.EventID, limit, f.ExecutionID)
 	if err != nil {
 		return nil, s.closedOr(fmt.Errorf("select deliveries: %w", err))
 	}

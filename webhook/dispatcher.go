@@ -435,7 +435,7 @@ func (d *Dispatcher) inFlight() map[string]int {
 func (d *Dispatcher) claim(ctx context.Context, limit int) ([]Job, string, error) {
 	now := d.now()
 	token := d.newID("dls_", now)
-	lease := d.cfg.Timeout + d.cfg.ConnectTimeout + 30*time.Second
+	lease := d.cfg.Timeout + d.cfg.ConnectTimeout + time.Second // past any attempt's end
 	jobs, err := d.store.ClaimDeliveries(ctx, ClaimParams{Now: now, Until: now.Add(lease), Owner: token,
 		Limit: limit, PerEndpoint: d.cfg.PerEndpoint, Busy: d.inFlight()})
 	if err != nil {

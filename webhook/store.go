@@ -129,9 +129,10 @@ type ClaimParams struct {
 
 // DeliveryFilter selects deliveries for listing. Zero fields match all.
 type DeliveryFilter struct {
-	State      DeliveryState
-	EndpointID string
-	EventID    string
+	State       DeliveryState
+	EndpointID  string
+	EventID     string
+	ExecutionID string
 	// Limit is the most to return; zero means 100.
 	Limit int
 }
