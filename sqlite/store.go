@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -92,14 +93,19 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		sync = "FULL"
 	}
 
+	// _busy_timeout, unlike a busy_timeout _pragma, is applied before
+	// anything else, auto_vacuum included: opening a file another process
+	// is writing then waits instead of failing.
 	q := url.Values{}
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", opts.BusyTimeout.Milliseconds()))
+	q.Set("_busy_timeout", strconv.FormatInt(opts.BusyTimeout.Milliseconds(), 10))
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "synchronous("+sync+")")
-	writerQuery := url.Values{"_pragma": append([]string{"journal_mode(WAL)"}, q["_pragma"]...)}
+	writerQuery := url.Values{"_pragma": append([]string{"journal_mode(WAL)"}, q["_pragma"]...),
+		"_busy_timeout": q["_busy_timeout"]}
 	writerQuery.Set("_txlock", "immediate")
 	writerQuery.Set("_auto_vacuum", "incremental")
-	readerQuery := url.Values{"_pragma": append([]string{"query_only(1)"}, q["_pragma"]...)}
+	readerQuery := url.Values{"_pragma": append([]string{"query_only(1)"}, q["_pragma"]...),
+		"_busy_timeout": q["_busy_timeout"]}
 
 	w, err := sql.Open("sqlite", path+"?"+writerQuery.Encode())
 	if err != nil {

@@ -138,13 +138,19 @@ func (s *Store) EnableEndpoint(ctx context.Context, id string, at time.Time) err
 // RotateSecret implements [webhook.Store.RotateSecret].
 func (s *Store) RotateSecret(ctx context.Context, id, secret string, at, retireAt time.Time) error {
 	return s.write(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE webhook_secrets SET expires_at = ?
-			WHERE endpoint_id = ? AND (expires_at IS NULL OR expires_at > ?)`, retireAt.UnixMilli(), id, retireAt.UnixMilli())
+		res, err := tx.ExecContext(ctx, `UPDATE webhook_endpoints SET updated_at = ? WHERE id = ?`, at.UnixMilli(), id)
 		if err := mustTouch(res, err, id); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO webhook_secrets (endpoint_id, secret, created_at) VALUES (?, ?, ?)`,
-			id, secret, at.UnixMilli())
+		_, err = tx.ExecContext(ctx, `UPDATE webhook_secrets SET expires_at = ?
+			WHERE endpoint_id = ? AND secret != ? AND (expires_at IS NULL OR expires_at > ?)`,
+			retireAt.UnixMilli(), id, secret, retireAt.UnixMilli())
+		if err != nil {
+			return fmt.Errorf("retire secrets: %w", err)
+		}
+		// Rotating to a secret the endpoint already has makes it current.
+		_, err = tx.ExecContext(ctx, `INSERT INTO webhook_secrets (endpoint_id, secret, created_at) VALUES (?, ?, ?)
+			ON CONFLICT (endpoint_id, secret) DO UPDATE SET expires_at = NULL`, id, secret, at.UnixMilli())
 		if err != nil {
 			return fmt.Errorf("insert secret: %w", err)
 		}
