@@ -110,8 +110,11 @@ func disable(ctx context.Context, tx *sql.Tx, id, reason string, at time.Time) e
 	if err := mustTouch(res, err, id); err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE webhook_deliveries SET state = 'parked', lease_owner = NULL,
-		next_attempt_at = NULL, updated_at = ? WHERE endpoint_id = ? AND state = 'pending'`, at.UnixMilli(), id)
+	// Deliveries in flight keep their lease; their attempt's outcome is
+	// recorded, and parks them if they are to be tried again.
+	_, err = tx.ExecContext(ctx, `UPDATE webhook_deliveries SET state = 'parked',
+		next_attempt_at = NULL, updated_at = ? WHERE endpoint_id = ? AND state = 'pending' AND lease_owner IS NULL`,
+		at.UnixMilli(), id)
 	if err != nil {
 		return fmt.Errorf("park deliveries of %s: %w", id, err)
 	}
@@ -168,12 +171,12 @@ func (s *Store) endpointWrite(ctx context.Context, id, query string, args ...any
 // mustTouch turns "no row changed" into ErrEndpointNotFound.
 func mustTouch(res sql.Result, err error, id string) error {
 	if err != nil {
-		return fmt.Errorf("update endpoint %s: %w", id, err)
+		return fmt.Errorf("update endpoint %.40s: %w", id, err)
 	}
 	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("update endpoint %s: %w", id, err)
+		return fmt.Errorf("update endpoint %.40s: %w", id, err)
 	} else if n == 0 {
-		return fmt.Errorf("endpoint %s: %w", id, webhook.ErrEndpointNotFound)
+		return fmt.Errorf("endpoint %.40s: %w", id, webhook.ErrEndpointNotFound)
 	}
 	return nil
 }
@@ -356,6 +359,14 @@ func (s *Store) RecordAttempt(ctx context.Context, o webhook.Outcome) error {
 		if err != nil {
 			return fmt.Errorf("insert attempt: %w", err)
 		}
+		// The endpoint was disabled while the attempt ran: a retry waits.
+		_, err = tx.ExecContext(ctx, `UPDATE webhook_deliveries SET state = 'parked', next_attempt_at = NULL
+			WHERE id = ? AND state = 'pending'
+			  AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = ? AND w.disabled_at IS NOT NULL)`,
+			o.DeliveryID, endpointID)
+		if err != nil {
+			return fmt.Errorf("park delivery: %w", err)
+		}
 
 		switch {
 		case o.Disable != "":
@@ -455,10 +466,10 @@ func (s *Store) Replay(ctx context.Context, endpointID string, eventIDs []string
 		var disabled sql.NullInt64
 		err := tx.QueryRowContext(ctx, `SELECT disabled_at FROM webhook_endpoints WHERE id = ?`, endpointID).Scan(&disabled)
 		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("replay to %s: %w", endpointID, webhook.ErrEndpointNotFound)
+			return fmt.Errorf("replay to %.40s: %w", endpointID, webhook.ErrEndpointNotFound)
 		}
 		if err != nil {
-			return fmt.Errorf("replay to %s: %w", endpointID, err)
+			return fmt.Errorf("replay to %.40s: %w", endpointID, err)
 		}
 		state := webhook.Pending
 		var next any = now.UnixMilli()
@@ -473,10 +484,10 @@ func (s *Store) Replay(ctx context.Context, endpointID string, eventIDs []string
 					next_attempt_at = excluded.next_attempt_at, lease_owner = NULL, updated_at = excluded.updated_at`,
 				id, endpointID, state, next, now.UnixMilli())
 			if err != nil {
-				return fmt.Errorf("replay %s: %w", id, err)
+				return fmt.Errorf("replay %.40s: %w", id, err)
 			}
 			if k, _ := res.RowsAffected(); k == 0 {
-				return fmt.Errorf("replay %s: %w", id, webhook.ErrEventNotFound)
+				return fmt.Errorf("replay %.40s: %w", id, webhook.ErrEventNotFound)
 			}
 			n++
 		}

@@ -98,7 +98,7 @@ type Dispatcher struct {
 // NewDispatcher returns a dispatcher; Start runs it.
 func NewDispatcher(cfg Config) (*Dispatcher, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("webhook: new dispatcher: nil Store")
+		return nil, fmt.Errorf("webhook: new dispatcher: %w: nil Store", ErrInvalid)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -366,6 +366,7 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 
 func (d *Dispatcher) run(ctx, workCtx context.Context) {
 	defer close(d.done)
+	defer d.client.CloseIdleConnections()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	slots := make(chan struct{}, d.cfg.Workers)
@@ -403,6 +404,12 @@ func (d *Dispatcher) run(ctx, workCtx context.Context) {
 // Workers of them, and returns how many it attempted once all are
 // recorded. It serves tests and hosts that schedule delivery themselves.
 func (d *Dispatcher) RunOnce(ctx context.Context) (int, error) {
+	d.mu.Lock()
+	stopped := d.stopped
+	d.mu.Unlock()
+	if stopped {
+		return 0, fmt.Errorf("run dispatcher: %w", execution.ErrClosed)
+	}
 	if _, err := d.store.FanOut(ctx, d.now(), 500); err != nil {
 		return 0, fmt.Errorf("fan out events: %w", err)
 	}
@@ -532,10 +539,7 @@ func (d *Dispatcher) post(ctx context.Context, j Job, secrets []Secret, at time.
 	// a failure to read it changes nothing.
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, d.cfg.MaxResponseBytes))
 	excerpt := clipText(strings.ToValidUTF8(string(body), "?"), 1024)
-	var retryAfter time.Duration
-	if s, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); err == nil && s > 0 {
-		retryAfter = time.Duration(s) * time.Second
-	}
+	retryAfter := parseRetryAfter(resp.Header.Get("Retry-After"), at, d.cfg.MaxRetryAfter)
 	switch {
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
 		return resp.StatusCode, 0, excerpt, fmt.Errorf("redirect to %.100q not followed", resp.Header.Get("Location"))
@@ -543,6 +547,26 @@ func (d *Dispatcher) post(ctx context.Context, j Job, secrets []Secret, at time.
 		return resp.StatusCode, retryAfter, excerpt, fmt.Errorf("answered %d", resp.StatusCode)
 	}
 	return resp.StatusCode, 0, excerpt, nil
+}
+
+// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP
+// date, into a wait of at most limit; zero when absent or unreadable.
+func parseRetryAfter(v string, now time.Time, limit time.Duration) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if strings.Trim(v, "0123456789") == "" {
+		if len(v) > 9 { // more seconds than any limit
+			return limit
+		}
+		n, _ := strconv.Atoi(v)
+		return min(time.Duration(n)*time.Second, limit)
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return min(t.Sub(now), limit)
+	}
+	return 0
 }
 
 // retryDelay is the wait before attempt n+1: the schedule's, varied by up
@@ -555,10 +579,16 @@ func (d *Dispatcher) retryDelay(attempts, status int, retryAfter time.Duration) 
 	return wait + time.Duration((rand.Float64()*0.2-0.1)*float64(wait))
 }
 
-// idleWait is how long the loop may sleep: until the next delivery is
-// due, at most PollInterval.
+// idleWait is how long the loop may sleep after a claim that left workers
+// idle: until the next delivery is due, at most PollInterval. A delivery
+// already due was held back (behind an earlier version, or by its
+// endpoint's cap): a finished attempt wakes the loop for it, so the loop
+// sleeps the full interval rather than spin.
 func (d *Dispatcher) idleWait(ctx context.Context) time.Duration {
 	due, ok, err := d.store.NextDeliveryDue(ctx)
+	if ok && err == nil && !due.After(d.now()) {
+		return d.cfg.PollInterval
+	}
 	return wake.Until(due, ok && err == nil, d.now(), d.cfg.PollInterval)
 }
 

@@ -38,17 +38,49 @@ var metadata = []netip.Addr{
 var (
 	cgnat       = netip.MustParsePrefix("100.64.0.0/10")
 	thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
+	ietf        = netip.MustParsePrefix("192.0.0.0/24") // protocol assignments; 192.0.0.192 is a metadata service
+	siteLocal   = netip.MustParsePrefix("fec0::/10")
 	nat64       = netip.MustParsePrefix("64:ff9b::/96")
+	nat64Local  = netip.MustParsePrefix("64:ff9b:1::/48")
+	sixToFour   = netip.MustParsePrefix("2002::/16")
+	teredo      = netip.MustParsePrefix("2001::/32")
+	translated  = netip.MustParsePrefix("::ffff:0:0:0/96")
+	compatible  = netip.MustParsePrefix("::/96")
 )
 
+// embedded returns the IPv4 address an IPv6 address carries under a
+// transition scheme (NAT64, 6to4, Teredo, IPv4-translated or
+// IPv4-compatible), so that it is judged by where it leads.
+func embedded(ip netip.Addr) (netip.Addr, bool) {
+	if !ip.Is6() || ip.Is4In6() {
+		return netip.Addr{}, false
+	}
+	b := ip.As16()
+	last4 := netip.AddrFrom4([4]byte(b[12:]))
+	switch {
+	case nat64.Contains(ip), nat64Local.Contains(ip), translated.Contains(ip):
+		return last4, true
+	case compatible.Contains(ip) && !ip.IsLoopback() && !ip.IsUnspecified():
+		return last4, true
+	case sixToFour.Contains(ip):
+		return netip.AddrFrom4([4]byte(b[2:6])), true
+	case teredo.Contains(ip):
+		return netip.AddrFrom4([4]byte{b[12] ^ 0xff, b[13] ^ 0xff, b[14] ^ 0xff, b[15] ^ 0xff}), true
+	}
+	return netip.Addr{}, false
+}
+
 // CheckAddr returns an error wrapping [ErrForbiddenAddress] if the policy
-// refuses ip. IPv4 addresses mapped into IPv6, or embedded in NAT64
-// addresses, are judged as the IPv4 address they carry.
+// refuses ip. An IPv6 address that carries an IPv4 one (mapped,
+// compatible, translated, NAT64, 6to4, Teredo) is judged by the IPv4
+// address it carries.
 func (p AddressPolicy) CheckAddr(ip netip.Addr) error {
-	ip = ip.Unmap()
-	if nat64.Contains(ip) {
-		b := ip.As16()
-		ip = netip.AddrFrom4([4]byte(b[12:]))
+	ip = ip.Unmap().WithZone("")
+	if v4, ok := embedded(ip); ok {
+		if err := p.CheckAddr(v4); err != nil {
+			return fmt.Errorf("%s carries %s: %w", ip, v4, err)
+		}
+		return nil
 	}
 	for _, m := range metadata {
 		if ip == m {
@@ -63,13 +95,13 @@ func (p AddressPolicy) CheckAddr(ip netip.Addr) error {
 			return nil
 		}
 		return fmt.Errorf("%w: %s is a loopback address", ErrForbiddenAddress, ip)
-	case ip.IsUnspecified(), thisNetwork.Contains(ip):
+	case ip.IsUnspecified(), thisNetwork.Contains(ip), ietf.Contains(ip):
 		return fmt.Errorf("%w: %s is unspecified", ErrForbiddenAddress, ip)
 	case ip.IsMulticast(), ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return fmt.Errorf("%w: %s is multicast or broadcast", ErrForbiddenAddress, ip)
 	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast(), ip.IsInterfaceLocalMulticast():
 		return fmt.Errorf("%w: %s is link-local", ErrForbiddenAddress, ip)
-	case ip.IsPrivate(), cgnat.Contains(ip):
+	case ip.IsPrivate(), cgnat.Contains(ip), siteLocal.Contains(ip):
 		if p.AllowPrivate {
 			return nil
 		}
@@ -88,6 +120,13 @@ func (p AddressPolicy) CheckURL(ctx context.Context, raw string) error {
 		return fmt.Errorf("%w: endpoint URL %.80q must be http(s)://host/path without credentials", ErrInvalid, raw)
 	}
 	host := u.Hostname()
+	for _, r := range host {
+		if r > 0x7e {
+			// Resolvers and URL libraries map some of these to ASCII
+			// digits and dots ("１２７.0.0.1"); only the ASCII form is taken.
+			return fmt.Errorf("%w: host %.80q has non-ASCII characters; use its xn-- form", ErrInvalid, host)
+		}
+	}
 	if ip, ok := parseHost(host); ok {
 		return p.CheckAddr(ip)
 	}

@@ -40,6 +40,9 @@ func TestAddressPolicyRefusesEverySpelling(t *testing.T) {
 		"http://0.0.0.0/hook", "http://[::]/hook", "http://224.0.0.1/hook", "http://255.255.255.255/hook",
 		"http://[64:ff9b::7f00:1]/hook", "http://internal.example.com/hook", "http://sneaky.example.com/hook",
 		"http://unknown.example.com/hook",
+		"http://[::127.0.0.1]/", "http://[::7f00:1]/", "http://[2002:7f00:1::1]/", "http://[2002:a9fe:a9fe::1]/",
+		"http://[::ffff:0:7f00:1]/", "http://[64:ff9b:1::a9fe:a9fe]/", "http://[64:ff9b:1::7f00:1]/", "http://[fec0::1]/",
+		"http://192.0.0.192/", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
 	}
 	for _, u := range refused {
 		if err := strict.CheckURL(context.Background(), u); !errors.Is(err, webhook.ErrForbiddenAddress) {
@@ -51,7 +54,8 @@ func TestAddressPolicyRefusesEverySpelling(t *testing.T) {
 			t.Errorf("CheckURL(%s) = %v, want nil", u, err)
 		}
 	}
-	for _, u := range []string{"ftp://hooks.example.com/", "hooks.example.com/x", "http:///x", "http://user:pw@hooks.example.com/"} {
+	for _, u := range []string{"ftp://hooks.example.com/", "hooks.example.com/x", "http:///x", "http://user:pw@hooks.example.com/",
+		"http://１２７.0.0.1/", "http://127。0。0。1/"} {
 		if err := strict.CheckURL(context.Background(), u); !errors.Is(err, webhook.ErrInvalid) {
 			t.Errorf("CheckURL(%s) = %v, want ErrInvalid", u, err)
 		}

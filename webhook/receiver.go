@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/execkit/execkit/execution"
+	"github.com/execkit/execkit/internal/jsonx"
 )
 
 // ReceiverConfig sets up a [Receiver]. Secrets, Inbox, Fetch and Handle
@@ -116,7 +117,11 @@ func (r *Receiver[T]) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, err.Error(), statusFor(err))
 		return
 	}
-	w.WriteHeader(r.process(req.Context(), ev))
+	status := r.process(req.Context(), ev)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	w.WriteHeader(status)
 }
 
 // Verify reads and checks one request: size, headers, signature,
@@ -138,7 +143,13 @@ func (r *Receiver[T]) Verify(req *http.Request) (execution.EventPayload, error) 
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	if err := dec.Decode(&ev); err != nil {
-		return ev, fmt.Errorf("%w: %v", ErrMalformedEvent, err)
+		return ev, fmt.Errorf("%w: %.100v", ErrMalformedEvent, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return ev, fmt.Errorf("%w: trailing data after the event", ErrMalformedEvent)
+	}
+	if key, dup := jsonx.DuplicateKey(body); dup {
+		return ev, fmt.Errorf("%w: key %.40q appears twice", ErrMalformedEvent, key)
 	}
 	switch {
 	case ev.ID != id:

@@ -77,6 +77,9 @@ func (s Secret) Reveal() string { return SecretPrefix + base64.StdEncoding.Encod
 // String hides the key, so that a secret never reaches a log.
 func (s Secret) String() string { return "whsec_…" }
 
+// GoString hides the key from %#v too.
+func (s Secret) GoString() string { return "webhook.Secret{…}" }
+
 // IsZero reports whether s holds no key.
 func (s Secret) IsZero() bool { return len(s.key) == 0 }
 
