@@ -44,6 +44,7 @@ type ValidationError struct {
 	Problem string
 }
 
+// Error says what went wrong.
 func (e *ValidationError) Error() string {
 	return fmt.Sprintf("invalid %s: %s", e.Field, e.Problem)
 }
@@ -68,6 +69,7 @@ func Permanent(code, message string) error {
 	return &PermanentError{Code: code, Message: message}
 }
 
+// Error says what went wrong.
 func (e *PermanentError) Error() string {
 	if e == nil {
 		return "permanent provider error (nil)"
@@ -90,6 +92,7 @@ func RetryAfter(err error, after time.Duration) error {
 	return &RetryAfterError{Err: err, After: after}
 }
 
+// Error says what went wrong.
 func (e *RetryAfterError) Error() string {
 	return fmt.Sprintf("%v (retry after %s)", e.Err, e.After)
 }

@@ -113,6 +113,7 @@ type TransitionError struct {
 	To    State // set when the error comes from [Path]
 }
 
+// Error says what went wrong.
 func (e *TransitionError) Error() string {
 	if e.Event == "" {
 		return fmt.Sprintf("invalid transition: no path from %s to %s", e.From, e.To)

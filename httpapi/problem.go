@@ -38,6 +38,7 @@ type Problem struct {
 	Execution *Execution `json:"execution,omitempty"`
 }
 
+// Error says what went wrong.
 func (p *Problem) Error() string {
 	if p.Detail == "" {
 		return fmt.Sprintf("%d %s", p.Status, p.Title)
