@@ -27,7 +27,7 @@ var t0 = time.Date(2026, 5, 30, 12, 0, 0, 0, time.UTC)
 // env is a handler on a fresh SQLite file, served on loopback. Requests
 // name their owner in the X-Owner header.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	store  *sqlite.Store
 	clock  *fake.Clock
@@ -35,7 +35,7 @@ type env struct {
 	srv    *httptest.Server
 }
 
-func setup(t *testing.T, cfg httpapi.Config) *env {
+func setup(t testing.TB, cfg httpapi.Config) *env {
 	t.Helper()
 	e := &env{t: t, ctx: context.Background(), clock: fake.NewClock(t0)}
 	var err error
@@ -80,7 +80,7 @@ type response struct {
 	body   []byte
 }
 
-func (r response) problem(t *testing.T) httpapi.Problem {
+func (r response) problem(t testing.TB) httpapi.Problem {
 	t.Helper()
 	var p httpapi.Problem
 	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
@@ -92,7 +92,7 @@ func (r response) problem(t *testing.T) httpapi.Problem {
 	return p
 }
 
-func (r response) execution(t *testing.T) httpapi.Execution {
+func (r response) execution(t testing.TB) httpapi.Execution {
 	t.Helper()
 	var x httpapi.Execution
 	if err := json.Unmarshal(r.body, &x); err != nil {

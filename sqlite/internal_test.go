@@ -140,3 +140,12 @@ func TestClosedStoreReturnsErrClosed(t *testing.T) {
 		t.Fatalf("Release = %v", err)
 	}
 }
+
+func TestOpenAcceptsHashInPaths(t *testing.T) {
+	t.Parallel()
+	s, err := Open(context.Background(), filepath.Join(t.TempDir(), "run#1.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+}

@@ -71,7 +71,7 @@ var _ execution.Store = (*Store)(nil)
 // to date. It fails with an error wrapping [ErrSchemaTooNew] for a file
 // written by a newer version of execkit.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
-	if path == "" || strings.ContainsAny(path, "?#\x00") || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
+	if path == "" || strings.ContainsAny(path, "?\x00") || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
 		return nil, fmt.Errorf("open store: path %q must be a plain file path", path)
 	}
 	if opts.MustExist {

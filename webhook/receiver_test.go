@@ -23,7 +23,7 @@ import (
 // renv is a receiver with its own inbox file, fetching from a map that
 // stands for the execution resource.
 type renv struct {
-	t       *testing.T
+	t       testing.TB
 	secret  webhook.Secret
 	inbox   *sqlite.Store
 	srv     *httptest.Server
@@ -34,7 +34,7 @@ type renv struct {
 	calls   atomic.Int32
 }
 
-func setupReceiver(t *testing.T, maxBody int64) *renv {
+func setupReceiver(t testing.TB, maxBody int64) *renv {
 	t.Helper()
 	r := &renv{t: t, secret: webhook.NewSecret(), current: map[string]fsm.State{}}
 	var err error
