@@ -130,14 +130,22 @@ func (p *Provider) Check(ctx context.Context, e execution.Execution) (execution.
 	return execution.Update{}, execution.Permanent(CodeProcessLost, "the program's process was lost, most likely in a restart")
 }
 
-// Cancel kills the program.
+// Cancel kills the program and every process it started. A program that
+// already finished cannot be canceled: the error wraps
+// execution.ErrInvalidTransition, and its result stands.
 func (p *Provider) Cancel(ctx context.Context, e execution.Execution) error {
 	p.mu.Lock()
 	r := p.runs[e.ID]
 	p.mu.Unlock()
-	if r != nil {
-		r.cancel()
+	if r == nil {
+		return nil
 	}
+	select {
+	case <-r.done:
+		return fmt.Errorf("command: %w: the program already finished", execution.ErrInvalidTransition)
+	default:
+	}
+	r.cancel()
 	return nil
 }
 
@@ -179,6 +187,7 @@ func (p *Provider) start(prog Program, e execution.Execution) *run {
 	var stderr tail
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = time.Second
+	inGroup(cmd) // a timeout or cancel kills the program's children too
 
 	if err := cmd.Start(); err != nil {
 		cancel()
@@ -190,14 +199,18 @@ func (p *Provider) start(prog Program, e execution.Execution) *run {
 		defer close(r.done)
 		defer cancel()
 		err := cmd.Wait()
-		r.update, r.err = result(ctx, err, stdout, stderr, timeout)
+		killGroup(cmd) // children left behind do not outlive the run
+		r.update, r.err = result(ctx, err, &stdout, &stderr, timeout)
 	}()
 	return r
 }
 
 // result turns a finished run into an update or a permanent error.
-func result(ctx context.Context, waitErr error, stdout capped, stderr tail, timeout time.Duration) (execution.Update, error) {
+func result(ctx context.Context, waitErr error, stdout *capped, stderr *tail, timeout time.Duration) (execution.Update, error) {
 	var exit *exec.ExitError
+	if errors.Is(waitErr, exec.ErrWaitDelay) {
+		waitErr = nil // the program exited 0; a child it left kept its output open
+	}
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return execution.Update{Status: fsm.Failed, Error: &execution.Error{Code: CodeTimeout,
@@ -217,7 +230,7 @@ func result(ctx context.Context, waitErr error, stdout capped, stderr tail, time
 		return execution.Update{Status: fsm.Failed, Error: &execution.Error{Code: CodeBadOutput,
 			Message: fmt.Sprintf("standard output exceeds %d bytes", MaxStdout)}}, nil
 	}
-	out := bytes.TrimSpace(stdout.Bytes())
+	out := bytes.TrimSpace(stdout.buf.Bytes())
 	if len(out) == 0 {
 		out = []byte("{}")
 	}
@@ -228,20 +241,21 @@ func result(ctx context.Context, waitErr error, stdout capped, stderr tail, time
 	return execution.Update{Status: fsm.Completed, Output: out}, nil
 }
 
-// capped keeps at most max bytes and notes whether more came.
+// capped keeps at most max bytes and notes whether more came. It has only
+// Write, so that every copy goes through the cap.
 type capped struct {
-	bytes.Buffer
+	buf  bytes.Buffer
 	max  int
 	over bool
 }
 
 func (c *capped) Write(p []byte) (int, error) {
 	n := len(p)
-	if room := c.max - c.Len(); n > room {
+	if room := c.max - c.buf.Len(); n > room {
 		c.over = true
 		p = p[:max(room, 0)]
 	}
-	c.Buffer.Write(p)
+	c.buf.Write(p)
 	return n, nil // the rest is dropped, not refused
 }
 

@@ -3,9 +3,13 @@ package command_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,8 +29,10 @@ func script(t *testing.T, body string) string {
 	return path
 }
 
+var exeCount atomic.Int32
+
 func exe(action, input string) execution.Execution {
-	return execution.Execution{ID: execution.ExampleID(int(time.Now().UnixNano() % 1e9)), Action: action, Input: []byte(input)}
+	return execution.Execution{ID: execution.ExampleID(int(exeCount.Add(1))), Action: action, Input: []byte(input)}
 }
 
 // finish checks until the program's run is over.
@@ -139,4 +145,71 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	if _, err := command.New(map[string]command.Program{"a.b": {}}); err == nil {
 		t.Fatal("a program without a path was accepted")
 	}
+}
+
+func TestOutputCapChildrenAndLateCancel(t *testing.T) {
+	t.Parallel()
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	big := script(t, `head -c 2000000 /dev/zero | tr '\0' a | sed 's/^/{"x":"/; s/$/"}/'`)
+	orphan := script(t, `sleep 30 & echo $! > `+pidFile+`; echo '{"ok":1}'`)
+	hang := script(t, `sleep 30 & echo $! > `+pidFile+`.2; wait`)
+	quick := script(t, `echo '{"ok":true}'`)
+	p, err := command.New(map[string]command.Program{
+		"big.job": {Path: big}, "orphan.job": {Path: orphan}, "hang.job": {Path: hang, Timeout: 200 * time.Millisecond},
+		"quick.job": {Path: quick},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err := finish(t, p, exe("big.job", `{}`)); u.Status != fsm.Failed || u.Error.Code != command.CodeBadOutput || len(u.Output) != 0 {
+		t.Fatalf("2 MB of output: %s %+v (%d bytes), %v", u.Status, u.Error, len(u.Output), err)
+	}
+	if u, err := finish(t, p, exe("orphan.job", `{}`)); err != nil || u.Status != fsm.Completed || string(u.Output) != `{"ok":1}` {
+		t.Fatalf("a background child: %+v, %v", u, err)
+	}
+	if u, _ := finish(t, p, exe("hang.job", `{}`)); u.Status != fsm.Failed || u.Error.Code != command.CodeTimeout {
+		t.Fatalf("timeout: %+v", u)
+	}
+	for _, f := range []string{pidFile, pidFile + ".2"} {
+		if alive(t, f) {
+			t.Fatalf("the child in %s outlived its program", f)
+		}
+	}
+	e := exe("quick.job", `{}`)
+	if u, _ := finish(t, p, e); u.Status != fsm.Completed {
+		t.Fatalf("quick: %+v", u)
+	}
+	if err := p.Cancel(context.Background(), e); !errors.Is(err, execution.ErrInvalidTransition) {
+		t.Fatalf("cancel after the end: %v", err)
+	}
+}
+
+// alive reports whether the process whose id is in file still runs.
+func alive(t *testing.T, file string) bool {
+	t.Helper()
+	var b []byte
+	for range 100 {
+		var err error
+		if b, err = os.ReadFile(file); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("child pid in %s: %q", file, b)
+	}
+	for range 50 { // the kill is asynchronous
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || syscall.Kill(pid, 0) != nil {
+			return false
+		}
+		// A killed child whose parent is gone may wait as a zombie for a
+		// reaper; it runs no more.
+		if fields := strings.Fields(string(stat)); len(fields) > 2 && fields[2] == "Z" {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }
