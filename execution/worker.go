@@ -259,6 +259,10 @@ const overrunGrace = 100 * time.Millisecond
 // since the claim (a pushed update or a cancel), the answer is applied to
 // the changed record as long as the lease holds.
 func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update, p Provider, submitted bool) {
+	if p != nil && u.Error != nil {
+		// A provider's error is made to fit, as a permanent one is.
+		u.Error = providerError(&PermanentError{Code: u.Error.Code, Message: u.Error.Message})
+	}
 	for range maxConflictRetries {
 		now := g.now()
 		w, err := g.plan(ctx, e, u, now, false)

@@ -143,6 +143,12 @@ func (p *Provider) call(ctx context.Context, method, u string, body []byte, id s
 	}
 	resp, err := p.cfg.Client.Do(req)
 	if err != nil {
+		// *url.Error quotes the whole URL, credentials included: keep its
+		// cause only.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return execution.Update{}, fmt.Errorf("%s %s: %w", method, redact(u), err) // transient
 	}
 	defer resp.Body.Close()
@@ -152,10 +158,10 @@ func (p *Provider) call(ctx context.Context, method, u string, body []byte, id s
 	}
 
 	switch s := resp.StatusCode; {
-	case s == http.StatusTooManyRequests || s >= 500:
+	case s == http.StatusTooManyRequests || s == http.StatusRequestTimeout || s >= 500:
 		err := fmt.Errorf("%s %s: answered %d", method, redact(u), s)
-		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
-			return execution.Update{}, execution.RetryAfter(err, time.Duration(secs)*time.Second)
+		if wait := retryAfter(resp.Header.Get("Retry-After")); wait > 0 {
+			return execution.Update{}, execution.RetryAfter(err, wait)
 		}
 		return execution.Update{}, err
 	case s < 200 || s >= 300:
@@ -188,11 +194,8 @@ func (p *Provider) parse(data []byte) (execution.Update, error) {
 			u.ExternalRef = string(ref) // a number
 		}
 	}
-	if out, ok := doc[p.cfg.OutputField]; ok && status == fsm.Completed {
-		u.Output = out
-	}
-	if status == fsm.Completed && u.Output == nil {
-		u.Output = json.RawMessage(`{}`)
+	if status == fsm.Completed {
+		u.Output = asObject(doc[p.cfg.OutputField])
 	}
 	if status == fsm.Failed || status == fsm.Refunded {
 		u.Error = &execution.Error{Code: "provider_" + string(status), Message: "the service reported " + raw}
@@ -210,18 +213,53 @@ func (p *Provider) parse(data []byte) (execution.Update, error) {
 	return u, nil
 }
 
-// redact drops the query string, which may hold credentials.
-func redact(u string) string {
-	if i := strings.IndexByte(u, '?'); i >= 0 {
-		return u[:i] + "?…"
+// asObject makes a service's output an execution's: an object as it is,
+// nothing as {}, anything else wrapped as {"value": …}.
+func asObject(raw json.RawMessage) json.RawMessage {
+	raw = bytes.TrimSpace(raw)
+	switch {
+	case len(raw) == 0 || string(raw) == "null":
+		return json.RawMessage(`{}`)
+	case raw[0] == '{':
+		return raw
 	}
-	return u
+	wrapped, _ := json.Marshal(map[string]json.RawMessage{"value": raw})
+	return wrapped
 }
 
+// retryAfter reads a Retry-After header in seconds or as an HTTP date;
+// zero when absent or unreadable.
+func retryAfter(v string) time.Duration {
+	v = strings.TrimSpace(v)
+	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
+		return time.Duration(min(secs, 86400)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0)
+	}
+	return 0
+}
+
+// redact drops credentials from a URL for messages: its user information
+// and its query string.
+func redact(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	parsed.User = nil
+	if parsed.RawQuery != "" {
+		parsed.RawQuery = "…"
+	}
+	return parsed.String()
+}
+
+// excerpt is the start of a body for a message, cut on a character
+// boundary.
 func excerpt(b []byte) string {
 	s := strings.ToValidUTF8(string(bytes.TrimSpace(b)), "?")
 	if len(s) > 200 {
-		s = s[:200] + "…"
+		s = strings.ToValidUTF8(s[:200], "") + "…"
 	}
 	return s
 }

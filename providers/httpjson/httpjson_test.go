@@ -182,3 +182,62 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestCredentialsStayOutOfMessagesAndAnswersAreMadeToFit(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	answer := func(w http.ResponseWriter) {}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		a := answer
+		mu.Unlock()
+		a(w)
+	}))
+	t.Cleanup(srv.Close)
+	set := func(a func(http.ResponseWriter)) {
+		mu.Lock()
+		defer mu.Unlock()
+		answer = a
+	}
+	withCreds := strings.Replace(srv.URL, "http://", "http://user:s3cret@", 1)
+	cfg := config(withCreds)
+	cfg.SubmitURL += "?api_key=s3cret"
+	p, err := httpjson.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := execution.Execution{ID: execution.ExampleID(11), Input: []byte(`{}`)}
+
+	set(func(w http.ResponseWriter) { w.WriteHeader(http.StatusBadRequest) })
+	if _, err := p.Submit(context.Background(), e); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("4xx message: %v", err)
+	}
+	down, _ := httpjson.New(httpjson.Config{SubmitURL: "http://user:s3cret@127.0.0.1:1/orders?api_key=s3cret",
+		StatusURL: "http://127.0.0.1:1/orders/{ref}", Statuses: cfg.Statuses})
+	if _, err := down.Submit(context.Background(), e); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("transport error message: %v", err)
+	}
+
+	set(func(w http.ResponseWriter) { w.Write([]byte(`{"id":"o1","status":"done","output":"ok"}`)) })
+	if u, err := p.Submit(context.Background(), e); err != nil || string(u.Output) != `{"value":"ok"}` {
+		t.Errorf("string output: %+v, %v", u, err)
+	}
+	set(func(w http.ResponseWriter) { w.Write([]byte(`{"id":"o1","status":"done","output":null}`)) })
+	if u, _ := p.Submit(context.Background(), e); string(u.Output) != `{}` {
+		t.Errorf("null output: %s", u.Output)
+	}
+
+	set(func(w http.ResponseWriter) { w.WriteHeader(http.StatusRequestTimeout) })
+	var perm *execution.PermanentError
+	if _, err := p.Submit(context.Background(), e); err == nil || errors.As(err, &perm) {
+		t.Errorf("408: %v, want transient", err)
+	}
+	set(func(w http.ResponseWriter) {
+		w.Header().Set("Retry-After", time.Now().Add(time.Minute).UTC().Format(http.TimeFormat))
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	var ra *execution.RetryAfterError
+	if _, err := p.Submit(context.Background(), e); !errors.As(err, &ra) || ra.After < 50*time.Second || ra.After > time.Minute {
+		t.Errorf("Retry-After as a date: %v", err)
+	}
+}
