@@ -262,7 +262,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request, owner string) {
 	}
 	out := Page{Executions: make([]Execution, 0, len(page.Executions)), NextCursor: page.Next}
 	for _, e := range page.Executions {
-		out.Executions = append(out.Executions, newExecution(e))
+		out.Executions = append(out.Executions, NewExecution(e))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -289,7 +289,7 @@ func (h *handler) cancel(w http.ResponseWriter, r *http.Request, owner string) {
 		}
 		p := newProblem(TypeConflict, http.StatusConflict, detail)
 		if e.ID != "" {
-			out := newExecution(e)
+			out := NewExecution(e)
 			p.Execution = &out
 		}
 		writeProblem(w, p)
@@ -374,7 +374,7 @@ func (h *handler) retryAfter(e execution.Execution) int {
 
 func (h *handler) writeExecution(w http.ResponseWriter, status int, e execution.Execution) {
 	h.setHeaders(w, e)
-	writeJSON(w, status, newExecution(e))
+	writeJSON(w, status, NewExecution(e))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

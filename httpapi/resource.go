@@ -60,7 +60,8 @@ type CreateRequest struct {
 	Deadline *time.Time `json:"deadline,omitempty"`
 }
 
-func newExecution(e execution.Execution) Execution {
+// NewExecution returns the JSON form of an execution record.
+func NewExecution(e execution.Execution) Execution {
 	out := Execution{
 		ID:          e.ID,
 		Action:      e.Action,

@@ -20,6 +20,11 @@ var migrationFiles embed.FS
 // version of execkit, whose schema this version does not know.
 var ErrSchemaTooNew = errors.New("database schema is newer than this version of execkit supports")
 
+// ErrSchemaTooOld is returned by a read-only [Open] of a file whose schema
+// is older than this build's, or that is not an execkit database at all;
+// opening it for writing migrates it.
+var ErrSchemaTooOld = errors.New("database schema is older than this version of execkit (or not execkit's); migrate it")
+
 // migration is one numbered schema step.
 type migration struct {
 	version int

@@ -46,6 +46,11 @@ type Options struct {
 	// MustExist refuses to create the file: Open fails with an error
 	// wrapping [ErrNoDatabase] if it is missing.
 	MustExist bool
+	// ReadOnly opens the file for reading only: no migration, no write
+	// lock taken, and every write fails. The file must exist and be at
+	// this build's schema version; an older one fails with an error
+	// wrapping [ErrSchemaTooOld].
+	ReadOnly bool
 }
 
 // ErrNoDatabase is returned by [Open] with MustExist for a missing file.
@@ -74,7 +79,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if path == "" || strings.ContainsAny(path, "?\x00") || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
 		return nil, fmt.Errorf("open store: path %q must be a plain file path", path)
 	}
-	if opts.MustExist {
+	if opts.MustExist || opts.ReadOnly {
 		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("open store %s: %w", path, ErrNoDatabase)
 		}
@@ -107,6 +112,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	readerQuery := url.Values{"_pragma": append([]string{"query_only(1)"}, q["_pragma"]...),
 		"_busy_timeout": q["_busy_timeout"]}
 
+	if opts.ReadOnly {
+		return openReadOnly(ctx, path, readerQuery, opts)
+	}
 	w, err := sql.Open("sqlite", path+"?"+writerQuery.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -133,6 +141,30 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	return &Store{w: w, r: r, file: file, log: opts.Logger}, nil
+}
+
+// openReadOnly opens only the read pool, and serves writes from it too,
+// so that they fail.
+func openReadOnly(ctx context.Context, path string, q url.Values, opts Options) (*Store, error) {
+	r, err := sql.Open("sqlite", path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(opts.Readers)
+	v, err := userVersion(ctx, r)
+	if err == nil {
+		switch want := SchemaVersion(); {
+		case v > want:
+			err = fmt.Errorf("%w: the file has version %d, this build knows up to %d", ErrSchemaTooNew, v, want)
+		case v < want:
+			err = fmt.Errorf("%w: the file has version %d, this build needs %d", ErrSchemaTooOld, v, want)
+		}
+	}
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return &Store{w: r, r: r, log: opts.Logger}, nil
 }
 
 // DB returns the writer connection pool, so that a host can run its own

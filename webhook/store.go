@@ -8,26 +8,26 @@ import (
 // Endpoint is a subscriber: where events are posted and which ones.
 type Endpoint struct {
 	// ID is "wep_" followed by a ULID.
-	ID string
+	ID string `json:"id"`
 	// URL receives the POSTs.
-	URL string
+	URL string `json:"url"`
 	// EventTypes selects events: an exact type ("execution.completed"), a
 	// prefix ("execution.*") or "*".
-	EventTypes []string
+	EventTypes []string `json:"eventTypes"`
 	// Ordered delivers one execution's events in version order: an event
 	// waits until the previous one was delivered or died.
-	Ordered bool
+	Ordered bool `json:"ordered"`
 	// DisabledAt is when the endpoint was disabled, zero while enabled.
 	// Deliveries of a disabled endpoint are parked, not dropped.
-	DisabledAt time.Time
+	DisabledAt time.Time `json:"disabledAt,omitzero"`
 	// DisabledReason says why.
-	DisabledReason string
+	DisabledReason string `json:"disabledReason,omitempty"`
 	// FailingSince is when the current run of failed attempts began,
 	// zero after a success.
-	FailingSince time.Time
+	FailingSince time.Time `json:"failingSince,omitzero"`
 	// CreatedAt and UpdatedAt are in UTC.
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
 }
 
 // Enabled reports whether the endpoint receives deliveries.
@@ -52,36 +52,36 @@ const (
 
 // Delivery is one event on its way to one endpoint.
 type Delivery struct {
-	ID          int64
-	EventID     string
-	EndpointID  string
-	ExecutionID string
+	ID          int64  `json:"id"`
+	EventID     string `json:"eventId"`
+	EndpointID  string `json:"endpointId"`
+	ExecutionID string `json:"executionId"`
 	// Version is the execution's version the event announces.
-	Version int64
-	State   DeliveryState
+	Version int64         `json:"version"`
+	State   DeliveryState `json:"state"`
 	// Attempts counts the attempts made.
-	Attempts int
+	Attempts int `json:"attempts"`
 	// NextAttemptAt is when a pending delivery is tried next.
-	NextAttemptAt time.Time
+	NextAttemptAt time.Time `json:"nextAttemptAt,omitzero"`
 	// LastStatus and LastError describe the latest attempt.
-	LastStatus  int
-	LastError   string
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
-	DeliveredAt time.Time
+	LastStatus  int       `json:"lastStatus,omitempty"`
+	LastError   string    `json:"lastError,omitempty"`
+	CreatedAt   time.Time `json:"createdAt"`
+	UpdatedAt   time.Time `json:"updatedAt"`
+	DeliveredAt time.Time `json:"deliveredAt,omitzero"`
 }
 
 // Attempt is the record of one POST.
 type Attempt struct {
-	DeliveryID int64
-	At         time.Time
+	DeliveryID int64     `json:"deliveryId"`
+	At         time.Time `json:"at"`
 	// StatusCode is the answer's status, 0 when none came.
-	StatusCode int
-	Latency    time.Duration
+	StatusCode int           `json:"statusCode"`
+	Latency    time.Duration `json:"latencyNs"`
 	// Error says why the attempt failed; empty on success.
-	Error string
+	Error string `json:"error,omitempty"`
 	// Response is the start of the answer's body, capped in size.
-	Response string
+	Response string `json:"response,omitempty"`
 }
 
 // Job is a claimed delivery with what it takes to send it.

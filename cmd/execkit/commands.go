@@ -9,27 +9,67 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/fsm"
+	"github.com/execkit/execkit/httpapi"
 	"github.com/execkit/execkit/sqlite"
 	"github.com/execkit/execkit/webhook"
 )
 
-// openExisting opens the file for inspection: it must exist already.
-func (g *Globals) openExisting(ctx context.Context) (*sqlite.Store, error) {
-	s, err := sqlite.Open(ctx, g.DB, sqlite.Options{MustExist: true, BusyTimeout: 5 * time.Second})
+// dbPath is --db if given, else the configuration's database, else the
+// default ./execkit.db.
+func (g *Globals) dbPath() (string, error) {
+	if g.dbSet {
+		return g.DB, nil
+	}
+	cfg, err := loadConfig(g.Config, g.configSet)
+	if err != nil {
+		return "", err
+	}
+	if cfg.Database != "" {
+		return cfg.Database, nil
+	}
+	return g.DB, nil
+}
+
+// openRead opens the file for inspection: it must exist, and nothing is
+// written or locked.
+func (g *Globals) openRead(ctx context.Context) (*sqlite.Store, error) {
+	return g.open(ctx, sqlite.Options{ReadOnly: true, BusyTimeout: 5 * time.Second})
+}
+
+// openWrite opens an existing file for an operation that writes.
+func (g *Globals) openWrite(ctx context.Context) (*sqlite.Store, error) {
+	return g.open(ctx, sqlite.Options{MustExist: true, BusyTimeout: 5 * time.Second})
+}
+
+func (g *Globals) open(ctx context.Context, opts sqlite.Options) (*sqlite.Store, error) {
+	path, err := g.dbPath()
 	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return sqlite.Open(ctx, path, opts)
 }
 
 func isDatabaseError(err error) bool {
 	msg := err.Error()
 	return errors.Is(err, sqlite.ErrNoDatabase) || errors.Is(err, sqlite.ErrSchemaTooNew) ||
+		errors.Is(err, sqlite.ErrSchemaTooOld) ||
 		strings.Contains(msg, "database is locked") || strings.Contains(msg, "SQLITE_BUSY") ||
-		strings.Contains(msg, "file is not a database")
+		strings.Contains(msg, "file is not a database") || strings.Contains(msg, "unable to open database file")
+}
+
+// printable replaces control characters, so that text from providers and
+// endpoints cannot drive the terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '·'
+		}
+		return r
+	}, s)
 }
 
 // print writes v as JSON, or calls table.
@@ -62,7 +102,7 @@ type LsCmd struct {
 // Run lists.
 func (c *LsCmd) Run(g *Globals) error {
 	ctx := context.Background()
-	s, err := g.openExisting(ctx)
+	s, err := g.openRead(ctx)
 	if err != nil {
 		return err
 	}
@@ -74,7 +114,11 @@ func (c *LsCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	return g.print(page.Executions, func(w *tabwriter.Writer) {
+	out := make([]httpapi.Execution, 0, len(page.Executions))
+	for _, e := range page.Executions {
+		out = append(out, httpapi.NewExecution(e))
+	}
+	return g.print(out, func(w *tabwriter.Writer) {
 		fmt.Fprintln(w, "ID\tACTION\tSTATUS\tVERSION\tOWNER\tCREATED\tUPDATED")
 		for _, e := range page.Executions {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID, e.Action, e.Status, e.Version, e.Owner,
@@ -94,7 +138,7 @@ func (c *ShowCmd) Run(g *Globals) error {
 	if err := execution.ValidateID(c.ID); err != nil {
 		return err
 	}
-	s, err := g.openExisting(ctx)
+	s, err := g.openRead(ctx)
 	if err != nil {
 		return err
 	}
@@ -135,16 +179,16 @@ func (c *ShowCmd) Run(g *Globals) error {
 			fmt.Fprintf(w, "output\t%s\n", e.Output)
 		}
 		if e.Error != nil {
-			fmt.Fprintf(w, "error\t%s: %s\n", e.Error.Code, e.Error.Message)
+			fmt.Fprintf(w, "error\t%s: %s\n", printable(e.Error.Code), printable(e.Error.Message))
 		}
 		fmt.Fprintln(w, "\nTIMELINE\tVERSION\tFROM\tTO\tEVENT\tREASON")
 		for _, t := range history {
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", stamp(t.At), t.Version, t.From, t.To, t.Event, t.Reason)
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", stamp(t.At), t.Version, t.From, t.To, t.Event, printable(t.Reason))
 		}
 		fmt.Fprintln(w, "\nDELIVERY\tEVENT\tENDPOINT\tSTATE\tATTEMPTS\tLAST STATUS\tLAST ERROR")
 		for _, d := range deliveries {
 			fmt.Fprintf(w, "%d\t%s v%d\t%s\t%s\t%d\t%d\t%s\n", d.ID, d.EventID, d.Version, d.EndpointID, d.State,
-				d.Attempts, d.LastStatus, d.LastError)
+				d.Attempts, d.LastStatus, printable(d.LastError))
 		}
 	})
 }
@@ -165,7 +209,7 @@ func (g *Globals) dispatcher(ctx context.Context) (*sqlite.Store, *webhook.Dispa
 	if err != nil {
 		return nil, nil, err
 	}
-	s, err := g.openExisting(ctx)
+	s, err := g.openWrite(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -314,7 +358,7 @@ type DeliveriesLsCmd struct {
 // Run lists.
 func (c *DeliveriesLsCmd) Run(g *Globals) error {
 	ctx := context.Background()
-	s, err := g.openExisting(ctx)
+	s, err := g.openRead(ctx)
 	if err != nil {
 		return err
 	}
@@ -381,7 +425,10 @@ type PruneCmd struct {
 // Run prunes.
 func (c *PruneCmd) Run(g *Globals) error {
 	ctx := context.Background()
-	s, err := g.openExisting(ctx)
+	if c.OlderThan < 0 {
+		return fmt.Errorf("%w: --older-than %s is negative", execution.ErrInvalid, c.OlderThan)
+	}
+	s, err := g.openWrite(ctx)
 	if err != nil {
 		return err
 	}
@@ -400,13 +447,17 @@ type MigrateCmd struct{}
 
 // Run opens the file, which migrates it, creating it if needed.
 func (c *MigrateCmd) Run(g *Globals) error {
-	s, err := sqlite.Open(context.Background(), g.DB, sqlite.Options{})
+	path, err := g.dbPath()
+	if err != nil {
+		return err
+	}
+	s, err := sqlite.Open(context.Background(), path, sqlite.Options{})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	return g.print(map[string]int{"schema": sqlite.SchemaVersion()}, func(w *tabwriter.Writer) {
-		fmt.Fprintf(w, "%s is at schema version %d\n", g.DB, sqlite.SchemaVersion())
+		fmt.Fprintf(w, "%s is at schema version %d\n", path, sqlite.SchemaVersion())
 	})
 }
 

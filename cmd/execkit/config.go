@@ -123,8 +123,13 @@ func loadConfig(path string, explicit bool) (Config, error) {
 			return c, fmt.Errorf("config %s: action %s is configured twice", path, a.Name)
 		}
 		seen[a.Name] = true
+		commandSet := len(a.Command) > 0 || len(a.Env) > 0 || a.Dir != "" || a.OnRestart != ""
+		httpSet := a.SubmitURL != "" || a.StatusURL != "" || len(a.Statuses) > 0 || len(a.Headers) > 0 || a.CheckAfter.Duration != 0
 		switch a.Provider {
 		case "command":
+			if httpSet {
+				return c, fmt.Errorf("config %s: action %s: submit_url, status_url, statuses, headers and check_after are for httpjson", path, a.Name)
+			}
 			if len(a.Command) == 0 {
 				return c, fmt.Errorf("config %s: action %s: command is empty", path, a.Name)
 			}
@@ -132,6 +137,9 @@ func loadConfig(path string, explicit bool) (Config, error) {
 				return c, fmt.Errorf("config %s: action %s: on_restart is %q, want resubmit or fail", path, a.Name, a.OnRestart)
 			}
 		case "httpjson":
+			if commandSet {
+				return c, fmt.Errorf("config %s: action %s: command, env, dir and on_restart are for the command provider", path, a.Name)
+			}
 		default:
 			return c, fmt.Errorf("config %s: action %s: provider %q, want command or httpjson", path, a.Name, a.Provider)
 		}

@@ -203,13 +203,13 @@ func TestCommandLine(t *testing.T) {
 	if code := runCmd("migrate"); code != exitOK || !strings.Contains(out.String(), "schema version") {
 		t.Fatalf("migrate: %d %q %q", code, out.String(), errOut.String())
 	}
-	if code := runCmd("ls", "--json"); code != exitOK || strings.TrimSpace(out.String()) != "null" {
+	if code := runCmd("ls", "--json"); code != exitOK || strings.TrimSpace(out.String()) != "[]" {
 		t.Fatalf("ls --json: %d %q", code, out.String())
 	}
 	if code := runCmd("show", "exe_01JZZZZZZZZZZZZZZZZZZZZZZZ"); code != exitNotFound {
 		t.Fatalf("show of an unknown id: %d %q", code, errOut.String())
 	}
-	if code := runCmd("show", "nope"); code != exitFailure {
+	if code := runCmd("show", "nope"); code != exitUsage {
 		t.Fatalf("show of a malformed id: %d", code)
 	}
 	if code := runCmd("endpoints", "add", "http://127.0.0.1:9/x"); code != exitFailure || !strings.Contains(errOut.String(), "loopback") {
@@ -233,5 +233,30 @@ func TestCommandLine(t *testing.T) {
 	}
 	if code := run([]string{"--config", filepath.Join(dir, "missing.toml"), "--db", db, "serve"}, &out, &errOut); code != exitFailure {
 		t.Fatalf("serve with a missing explicit config: %d", code)
+	}
+	if code := runCmd("prune", "--older-than", "-5h"); code != exitUsage {
+		t.Fatalf("negative prune age: %d", code)
+	}
+
+	// An empty file is not a database, and reading it does not make one.
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := run([]string{"--db", empty, "ls"}, &out, &errOut); code != exitDatabase {
+		t.Fatalf("ls on an empty file: %d %q", code, errOut.String())
+	}
+	if fi, _ := os.Stat(empty); fi.Size() != 0 {
+		t.Fatalf("ls wrote %d bytes into the empty file", fi.Size())
+	}
+
+	// Without --db, the configuration's database is the one read.
+	cfg := filepath.Join(dir, "execkit.toml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, "database = %q\n", db), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := run([]string{"--config", cfg, "endpoints", "ls", "--json"}, &out, &errOut); code != exitOK ||
+		!strings.Contains(out.String(), "203.0.113.5") {
+		t.Fatalf("endpoints ls through the configuration's database: %d %q %q", code, out.String(), errOut.String())
 	}
 }

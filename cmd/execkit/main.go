@@ -20,6 +20,8 @@ import (
 	"strings"
 
 	"github.com/alecthomas/kong"
+
+	"github.com/execkit/execkit/execution"
 )
 
 // Exit codes.
@@ -122,6 +124,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case isDatabaseError(err):
 		return exitDatabase
+	case errors.Is(err, execution.ErrInvalid):
+		return exitUsage
 	}
 	return exitFailure
 }
