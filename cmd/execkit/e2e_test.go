@@ -42,11 +42,18 @@ type server struct {
 func start(t *testing.T, bin string, args ...string) *server {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
+	return startWith(t, cmd, os.Stderr)
+}
+
+// startWith starts a prepared serve command, its standard error to
+// stderr, and waits for it to listen.
+func startWith(t *testing.T, cmd *exec.Cmd, stderr io.Writer) *server {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
