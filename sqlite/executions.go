@@ -65,7 +65,7 @@ func (s *Store) Create(ctx context.Context, c execution.Creation) (execution.Exe
 		e       execution.Execution
 		created bool
 	)
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx querier) error {
 		var err error
 		e, created, err = create(ctx, tx, c)
 		return err
@@ -89,7 +89,7 @@ func (s *Store) CreateTx(ctx context.Context, tx *sql.Tx, c execution.Creation) 
 	return create(ctx, tx, c)
 }
 
-func create(ctx context.Context, tx *sql.Tx, c execution.Creation) (execution.Execution, bool, error) {
+func create(ctx context.Context, tx querier, c execution.Creation) (execution.Execution, bool, error) {
 	e := c.Execution
 	if e.IdempotencyKey != "" {
 		prior, err := scanExecution(tx.QueryRowContext(ctx,
@@ -129,7 +129,7 @@ func create(ctx context.Context, tx *sql.Tx, c execution.Creation) (execution.Ex
 }
 
 // appendHistory inserts history rows and their outbox events.
-func appendHistory(ctx context.Context, tx *sql.Tx, ts []execution.Transition, evs []execution.Event) error {
+func appendHistory(ctx context.Context, tx querier, ts []execution.Transition, evs []execution.Event) error {
 	for _, t := range ts {
 		_, err := tx.ExecContext(ctx, `INSERT INTO transitions
 			(execution_id, version, from_status, to_status, event, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
@@ -169,7 +169,12 @@ func (s *Store) Get(ctx context.Context, id string) (execution.Execution, error)
 	if err != nil {
 		return execution.Execution{}, err
 	}
-	e, err := scanExecution(db.QueryRowContext(ctx, `SELECT `+executionColumns+` FROM executions WHERE id = ?`, id))
+	st, err := s.rstmts.get(ctx, `SELECT `+executionColumns+` FROM executions WHERE id = ?`)
+	if err != nil {
+		return execution.Execution{}, s.closedOr(fmt.Errorf("prepare select execution: %w", err))
+	}
+	_ = db
+	e, err := scanExecution(st.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return execution.Execution{}, execution.ErrNotFound
 	}
@@ -249,7 +254,7 @@ func (s *Store) List(ctx context.Context, f execution.Filter) (execution.Page, e
 
 // Write implements [execution.Store.Write].
 func (s *Store) Write(ctx context.Context, w execution.Write) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		e := w.Execution
 		leased := w.Expect.LeaseOwner != ""
 		res, err := tx.ExecContext(ctx, `UPDATE executions SET
@@ -288,7 +293,7 @@ func (s *Store) Claim(ctx context.Context, p execution.ClaimParams) ([]execution
 		return nil, fmt.Errorf("claim: %w", err)
 	}
 	var claimed []execution.Execution
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(tx querier) error {
 		claimed = claimed[:0]
 		rows, err := tx.QueryContext(ctx, `UPDATE executions SET lease_owner = ?, next_check_at = ?, revision = revision + 1
 			WHERE id IN (
@@ -320,7 +325,7 @@ func (s *Store) Claim(ctx context.Context, p execution.ClaimParams) ([]execution
 
 // Release implements [execution.Store.Release].
 func (s *Store) Release(ctx context.Context, id, owner string, next time.Time) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		_, err := tx.ExecContext(ctx, `UPDATE executions SET lease_owner = NULL, next_check_at = ?, revision = revision + 1
 			WHERE id = ? AND lease_owner = ? AND next_check_at IS NOT NULL`, next.UnixMilli(), id, owner)
 		if err != nil {
@@ -372,7 +377,7 @@ func (s *Store) LiveActions(ctx context.Context) ([]string, error) {
 
 // RecordIgnored implements [execution.Store.RecordIgnored].
 func (s *Store) RecordIgnored(ctx context.Context, u execution.IgnoredUpdate) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO ignored_updates
 			(execution_id, status, version, reported, reason, at) VALUES (?, ?, ?, ?, ?, ?)`,
 			u.ExecutionID, u.Status, u.Version, u.Reported, u.Reason, u.At.UnixMilli())

@@ -62,6 +62,8 @@ type Store struct {
 	w      *sql.DB // one connection, immediate transactions
 	r      *sql.DB // read-only pool
 	file   string  // the main database file, as SQLite names it
+	wstmts *stmtCache
+	rstmts *stmtCache
 	log    *slog.Logger
 	closed atomic.Bool
 
@@ -140,7 +142,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
-	return &Store{w: w, r: r, file: file, log: opts.Logger}, nil
+	return &Store{w: w, r: r, file: file, log: opts.Logger, wstmts: newStmtCache(w), rstmts: newStmtCache(r)}, nil
 }
 
 // openReadOnly opens only the read pool, and serves writes from it too,
@@ -164,7 +166,7 @@ func openReadOnly(ctx context.Context, path string, q url.Values, opts Options) 
 		r.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &Store{w: r, r: r, log: opts.Logger}, nil
+	return &Store{w: r, r: r, log: opts.Logger, wstmts: newStmtCache(r), rstmts: newStmtCache(r)}, nil
 }
 
 // DB returns the writer connection pool, so that a host can run its own
@@ -179,13 +181,13 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	return errors.Join(s.r.Close(), s.w.Close())
+	return errors.Join(s.wstmts.close(), s.rstmts.close(), s.r.Close(), s.w.Close())
 }
 
 // write runs fn in an immediate transaction and commits it. A busy
 // database (another process held the lock past the busy timeout) is
 // retried a few times with growing pauses before its error is returned.
-func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
+func (s *Store) write(ctx context.Context, fn func(querier) error) error {
 	if s.closed.Load() {
 		return execution.ErrClosed
 	}
@@ -210,13 +212,13 @@ func (s *Store) write(ctx context.Context, fn func(*sql.Tx) error) error {
 	return err
 }
 
-func (s *Store) writeOnce(ctx context.Context, fn func(*sql.Tx) error) error {
+func (s *Store) writeOnce(ctx context.Context, fn func(querier) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
-	if err := fn(tx); err != nil {
+	if err := fn(preparedTx{tx: tx, cache: s.wstmts}); err != nil {
 		return err
 	}
 	if s.beforeCommit != nil {
@@ -225,6 +227,7 @@ func (s *Store) writeOnce(ctx context.Context, fn func(*sql.Tx) error) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	s.wstmts.prepareWanted(context.WithoutCancel(ctx))
 	return nil
 }
 

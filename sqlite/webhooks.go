@@ -43,7 +43,7 @@ func (s *Store) AddEndpoint(ctx context.Context, e webhook.Endpoint, secret stri
 	if err != nil {
 		return fmt.Errorf("encode event types: %w", err)
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO webhook_endpoints (`+endpointColumns+`)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			e.ID, e.URL, string(types), e.Ordered, millis(e.DisabledAt), e.DisabledReason, millis(e.FailingSince),
@@ -101,10 +101,10 @@ func (s *Store) UpdateEndpoint(ctx context.Context, e webhook.Endpoint) error {
 
 // DisableEndpoint implements [webhook.Store.DisableEndpoint].
 func (s *Store) DisableEndpoint(ctx context.Context, id, reason string, at time.Time) error {
-	return s.write(ctx, func(tx *sql.Tx) error { return disable(ctx, tx, id, reason, at) })
+	return s.write(ctx, func(tx querier) error { return disable(ctx, tx, id, reason, at) })
 }
 
-func disable(ctx context.Context, tx *sql.Tx, id, reason string, at time.Time) error {
+func disable(ctx context.Context, tx querier, id, reason string, at time.Time) error {
 	res, err := tx.ExecContext(ctx, `UPDATE webhook_endpoints SET disabled_at = ?, disabled_reason = ?, updated_at = ?
 		WHERE id = ?`, at.UnixMilli(), reason, at.UnixMilli(), id)
 	if err := mustTouch(res, err, id); err != nil {
@@ -123,7 +123,7 @@ func disable(ctx context.Context, tx *sql.Tx, id, reason string, at time.Time) e
 
 // EnableEndpoint implements [webhook.Store.EnableEndpoint].
 func (s *Store) EnableEndpoint(ctx context.Context, id string, at time.Time) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		res, err := tx.ExecContext(ctx, `UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = '',
 			failing_since = NULL, updated_at = ? WHERE id = ?`, at.UnixMilli(), id)
 		if err := mustTouch(res, err, id); err != nil {
@@ -140,7 +140,7 @@ func (s *Store) EnableEndpoint(ctx context.Context, id string, at time.Time) err
 
 // RotateSecret implements [webhook.Store.RotateSecret].
 func (s *Store) RotateSecret(ctx context.Context, id, secret string, at, retireAt time.Time) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		res, err := tx.ExecContext(ctx, `UPDATE webhook_endpoints SET updated_at = ? WHERE id = ?`, at.UnixMilli(), id)
 		if err := mustTouch(res, err, id); err != nil {
 			return err
@@ -162,7 +162,7 @@ func (s *Store) RotateSecret(ctx context.Context, id, secret string, at, retireA
 }
 
 func (s *Store) endpointWrite(ctx context.Context, id, query string, args ...any) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		res, err := tx.ExecContext(ctx, query, args...)
 		return mustTouch(res, err, id)
 	})
@@ -184,7 +184,7 @@ func mustTouch(res sql.Result, err error, id string) error {
 // FanOut implements [webhook.Store.FanOut].
 func (s *Store) FanOut(ctx context.Context, now time.Time, limit int) (int, error) {
 	var n int
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx querier) error {
 		rows, err := tx.QueryContext(ctx, `SELECT id, execution_id, type, version FROM outbox
 			WHERE fanned_out = 0 ORDER BY id LIMIT ?`, limit)
 		if err != nil {
@@ -250,7 +250,7 @@ func (s *Store) ClaimDeliveries(ctx context.Context, p webhook.ClaimParams) ([]w
 		return nil, nil
 	}
 	var jobs []webhook.Job
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx querier) error {
 		jobs = jobs[:0]
 		rows, err := tx.QueryContext(ctx, `
 			WITH due AS (
@@ -302,7 +302,7 @@ func (s *Store) ClaimDeliveries(ctx context.Context, p webhook.ClaimParams) ([]w
 	return jobs, err
 }
 
-func claimOne(ctx context.Context, tx *sql.Tx, id int64, p webhook.ClaimParams) (webhook.Job, error) {
+func claimOne(ctx context.Context, tx querier, id int64, p webhook.ClaimParams) (webhook.Job, error) {
 	var job webhook.Job
 	_, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET lease_owner = ?, next_attempt_at = ? WHERE id = ?`,
 		p.Owner, p.Until.UnixMilli(), id)
@@ -330,7 +330,7 @@ func claimOne(ctx context.Context, tx *sql.Tx, id int64, p webhook.ClaimParams) 
 
 // RecordAttempt implements [webhook.Store.RecordAttempt].
 func (s *Store) RecordAttempt(ctx context.Context, o webhook.Outcome) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		a := o.Attempt
 		at := a.At.UnixMilli()
 		var next any
@@ -391,7 +391,7 @@ func (s *Store) RecordAttempt(ctx context.Context, o webhook.Outcome) error {
 
 // ReleaseDelivery implements [webhook.Store.ReleaseDelivery].
 func (s *Store) ReleaseDelivery(ctx context.Context, id int64, owner string, next time.Time) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		_, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET lease_owner = NULL, next_attempt_at = ?
 			WHERE id = ? AND lease_owner = ? AND state = 'pending'`, next.UnixMilli(), id, owner)
 		return err
@@ -462,7 +462,7 @@ func (s *Store) Attempts(ctx context.Context, deliveryID int64) ([]webhook.Attem
 // Replay implements [webhook.Store.Replay].
 func (s *Store) Replay(ctx context.Context, endpointID string, eventIDs []string, now time.Time) (int, error) {
 	var n int
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx querier) error {
 		var disabled sql.NullInt64
 		err := tx.QueryRowContext(ctx, `SELECT disabled_at FROM webhook_endpoints WHERE id = ?`, endpointID).Scan(&disabled)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -516,7 +516,7 @@ func (s *Store) EventsSince(ctx context.Context, since time.Time) ([]string, err
 // InboxBegin implements [webhook.Inbox.InboxBegin].
 func (s *Store) InboxBegin(ctx context.Context, e webhook.InboxEntry, leaseUntil time.Time) (webhook.InboxState, error) {
 	state := webhook.InboxNew
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(tx querier) error {
 		now := e.ReceivedAt.UnixMilli()
 		res, err := tx.ExecContext(ctx, `INSERT INTO webhook_inbox
 			(event_id, execution_id, type, status, previous_status, version, received_at, lease_until)
@@ -546,7 +546,7 @@ func (s *Store) InboxBegin(ctx context.Context, e webhook.InboxEntry, leaseUntil
 
 // InboxFinish implements [webhook.Inbox.InboxFinish].
 func (s *Store) InboxFinish(ctx context.Context, eventID string, at time.Time) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		_, err := tx.ExecContext(ctx, `UPDATE webhook_inbox SET processed_at = ?, lease_until = NULL WHERE event_id = ?`,
 			at.UnixMilli(), eventID)
 		return err
@@ -555,7 +555,7 @@ func (s *Store) InboxFinish(ctx context.Context, eventID string, at time.Time) e
 
 // InboxRelease implements [webhook.Inbox.InboxRelease].
 func (s *Store) InboxRelease(ctx context.Context, eventID string) error {
-	return s.write(ctx, func(tx *sql.Tx) error {
+	return s.write(ctx, func(tx querier) error {
 		_, err := tx.ExecContext(ctx, `UPDATE webhook_inbox SET lease_until = NULL
 			WHERE event_id = ? AND processed_at IS NULL`, eventID)
 		return err

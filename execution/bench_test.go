@@ -1,0 +1,65 @@
+package execution_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/execkit/execkit/execution"
+	"github.com/execkit/execkit/providers/fake"
+	"github.com/execkit/execkit/sqlite"
+)
+
+// BenchmarkLifecycle creates executions and drives each through accept,
+// start and complete with a provider that answers at once, one engine
+// pass at a time: the cost of one execution's whole life.
+func BenchmarkLifecycle(b *testing.B) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	p := fake.New(nil)
+	p.Script("servers.provision", fake.Script{Steps: []fake.Step{fake.Complete(0, `{}`)}})
+	engine, err := execution.New(store, execution.Config{Workers: 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := engine.Register("servers.provision", p); err != nil {
+		b.Fatal(err)
+	}
+	pending := 0
+	for b.Loop() {
+		if _, err := engine.Create(ctx, execution.CreateRequest{Action: "servers.provision"}); err != nil {
+			b.Fatal(err)
+		}
+		if pending++; pending == 16 {
+			for pending > 0 {
+				n, err := engine.RunOnce(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				pending -= n
+			}
+		}
+	}
+}
+
+// BenchmarkCreate measures one creation: validation, the row, its
+// history row and its event in one transaction.
+func BenchmarkCreate(b *testing.B) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	engine, _ := execution.New(store, execution.Config{})
+	_ = engine.Register("servers.provision", fake.New(nil))
+	for b.Loop() {
+		if _, err := engine.Create(ctx, execution.CreateRequest{Action: "servers.provision", Input: []byte(`{"plan":"cx22"}`)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
