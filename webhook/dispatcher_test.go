@@ -24,7 +24,7 @@ import (
 // denv is an engine and a dispatcher on one SQLite file, under a manual
 // clock that starts at the wall clock's time (receivers check timestamps).
 type denv struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	store  *sqlite.Store
 	clock  *fake.Clock
@@ -32,7 +32,7 @@ type denv struct {
 	disp   *webhook.Dispatcher
 }
 
-func setupDispatch(t *testing.T, cfg webhook.Config) *denv {
+func setupDispatch(t testing.TB, cfg webhook.Config) *denv {
 	t.Helper()
 	e := &denv{t: t, ctx: context.Background(), clock: fake.NewClock(time.Now().UTC().Truncate(time.Second))}
 	var err error
