@@ -302,9 +302,9 @@ func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update
 			next.NextCheckAt = g.bounded(now.Add(wait), next.Deadline)
 		}
 
-		// TODO(perf): group commit; every worker write is its own
-		// transaction, and commits are most of the cost of a lifecycle
-		// (see BENCHMARKS.md).
+		// TODO(perf): every write here is its own commit, and commits are
+		// most of a lifecycle's cost; grouping them alone did not help
+		// while creations take one commit each (see BENCHMARKS.md).
 		err = g.store.Write(ctx, w)
 		if err == nil {
 			if len(w.Transitions) > 0 {
