@@ -23,8 +23,8 @@ type PruneOptions struct {
 
 // PruneResult counts what [Store.Prune] removed.
 type PruneResult struct {
-	Executions int
-	Batches    int
+	Executions int `json:"executions"`
+	Batches    int `json:"batches"`
 }
 
 // Prune removes terminal executions completed before opts.Before, with

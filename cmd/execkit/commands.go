@@ -108,7 +108,7 @@ func (c *LsCmd) Run(g *Globals) error {
 	}
 	defer s.Close()
 	if c.Status != "" && !fsm.State(c.Status).Valid() {
-		return fmt.Errorf("--status %q is not a state", c.Status)
+		return fmt.Errorf("%w: --status %q is not a state", execution.ErrInvalid, c.Status)
 	}
 	page, err := s.List(ctx, execution.Filter{Status: fsm.State(c.Status), Action: c.Action, Owner: c.Owner, Limit: c.Limit})
 	if err != nil {
@@ -164,12 +164,20 @@ func (c *ShowCmd) Run(g *Globals) error {
 			return err
 		}
 	}
+	timeline := make([]httpapi.Transition, 0, len(history))
+	for _, t := range history {
+		timeline = append(timeline, httpapi.Transition{Version: t.Version, From: t.From, To: t.To, Event: t.Event,
+			Reason: t.Reason, At: t.At})
+	}
+	if deliveries == nil {
+		deliveries = []webhook.Delivery{}
+	}
 	out := struct {
-		Execution  execution.Execution         `json:"execution"`
-		Timeline   []execution.Transition      `json:"timeline"`
+		Execution  httpapi.Execution           `json:"execution"`
+		Timeline   []httpapi.Transition        `json:"timeline"`
 		Deliveries []webhook.Delivery          `json:"deliveries"`
 		Attempts   map[int64][]webhook.Attempt `json:"attempts"`
-	}{e, history, deliveries, attempts}
+	}{httpapi.NewExecution(e), timeline, deliveries, attempts}
 	return g.print(out, func(w *tabwriter.Writer) {
 		fmt.Fprintf(w, "%s\t%s\t%s (version %d)\n", e.ID, e.Action, e.Status, e.Version)
 		fmt.Fprintf(w, "owner\t%s\n", e.Owner)
@@ -278,6 +286,9 @@ func (c *EndpointsLsCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
+	if eps == nil {
+		eps = []webhook.Endpoint{}
+	}
 	return g.print(eps, func(w *tabwriter.Writer) {
 		fmt.Fprintln(w, "ID\tURL\tEVENTS\tORDERED\tENABLED\tREASON")
 		for _, e := range eps {
@@ -300,7 +311,12 @@ func (c *EndpointsDisableCmd) Run(g *Globals) error {
 		return err
 	}
 	defer s.Close()
-	return endpointErr(d.DisableEndpoint(ctx, c.ID, c.Reason), c.ID)
+	if err := d.DisableEndpoint(ctx, c.ID, c.Reason); err != nil {
+		return endpointErr(err, c.ID)
+	}
+	return g.print(map[string]string{"disabled": c.ID}, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "disabled %s; its deliveries are parked\n", c.ID)
+	})
 }
 
 // EndpointsEnableCmd enables an endpoint.
@@ -316,7 +332,12 @@ func (c *EndpointsEnableCmd) Run(g *Globals) error {
 		return err
 	}
 	defer s.Close()
-	return endpointErr(d.EnableEndpoint(ctx, c.ID), c.ID)
+	if err := d.EnableEndpoint(ctx, c.ID); err != nil {
+		return endpointErr(err, c.ID)
+	}
+	return g.print(map[string]string{"enabled": c.ID}, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "enabled %s; parked deliveries resume\n", c.ID)
+	})
 }
 
 // EndpointsRotateCmd rotates a secret.
@@ -370,11 +391,14 @@ func (c *DeliveriesLsCmd) Run(g *Globals) error {
 	switch state {
 	case "", webhook.Pending, webhook.Delivered, webhook.Dead, webhook.Parked:
 	default:
-		return fmt.Errorf("--state %q: want pending, delivered, dead or parked", c.State)
+		return fmt.Errorf("%w: --state %q: want pending, delivered, dead or parked", execution.ErrInvalid, c.State)
 	}
 	ds, err := s.ListDeliveries(ctx, webhook.DeliveryFilter{State: state, EndpointID: c.Endpoint, Limit: c.Limit})
 	if err != nil {
 		return err
+	}
+	if ds == nil {
+		ds = []webhook.Delivery{}
 	}
 	return g.print(ds, func(w *tabwriter.Writer) {
 		fmt.Fprintln(w, "ID\tEVENT\tEXECUTION\tENDPOINT\tSTATE\tATTEMPTS\tLAST STATUS\tLAST ERROR")

@@ -219,7 +219,7 @@ func TestCommandLine(t *testing.T) {
 	if code := runCmd("show", "nope"); code != exitUsage {
 		t.Fatalf("show of a malformed id: %d", code)
 	}
-	if code := runCmd("endpoints", "add", "http://127.0.0.1:9/x"); code != exitFailure || !strings.Contains(errOut.String(), "loopback") {
+	if code := runCmd("endpoints", "add", "http://127.0.0.1:9/x"); code != exitUsage || !strings.Contains(errOut.String(), "loopback") {
 		t.Fatalf("endpoint on loopback without permission: %d %q", code, errOut.String())
 	}
 	if code := runCmd("endpoints", "add", "https://203.0.113.5/hooks", "--events", "execution.completed"); code != exitOK ||

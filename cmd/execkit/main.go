@@ -22,6 +22,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/execkit/execkit/execution"
+	"github.com/execkit/execkit/webhook"
 )
 
 // Exit codes.
@@ -124,7 +125,7 @@ func exitCode(err error) int {
 		return exitNotFound
 	case isDatabaseError(err):
 		return exitDatabase
-	case errors.Is(err, execution.ErrInvalid):
+	case errors.Is(err, execution.ErrInvalid), errors.Is(err, webhook.ErrInvalid), errors.Is(err, webhook.ErrForbiddenAddress):
 		return exitUsage
 	}
 	return exitFailure
