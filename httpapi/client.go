@@ -296,7 +296,7 @@ func (c *Client) WaitFunc(ctx context.Context, id string, each func(Execution)) 
 		}
 		if resp != nil {
 			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
-				retryAfter = clamp(time.Duration(s)*time.Second, time.Second, c.cfg.MaxRetryAfter)
+				retryAfter = backoff.Clamp(time.Duration(s)*time.Second, time.Second, c.cfg.MaxRetryAfter)
 			}
 		}
 
@@ -317,8 +317,6 @@ func (c *Client) WaitFunc(ctx context.Context, id string, each func(Execution)) 
 		}
 	}
 }
-
-func clamp(d, lo, hi time.Duration) time.Duration { return backoff.Clamp(d, lo, hi) }
 
 // do sends one request and decodes a 2xx JSON answer into out. An error
 // answer becomes a *Problem; a 304 decodes nothing.

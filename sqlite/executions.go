@@ -165,15 +165,13 @@ func errorMessage(e *execution.Error) any {
 
 // Get implements [execution.Store.Get].
 func (s *Store) Get(ctx context.Context, id string) (execution.Execution, error) {
-	db, err := s.read()
-	if err != nil {
+	if _, err := s.read(); err != nil {
 		return execution.Execution{}, err
 	}
 	st, err := s.rstmts.get(ctx, `SELECT `+executionColumns+` FROM executions WHERE id = ?`)
 	if err != nil {
 		return execution.Execution{}, s.closedOr(fmt.Errorf("prepare select execution: %w", err))
 	}
-	_ = db
 	e, err := scanExecution(st.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return execution.Execution{}, execution.ErrNotFound

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -539,7 +538,7 @@ func (d *Dispatcher) post(ctx context.Context, j Job, secrets []Secret, at time.
 	// a failure to read it changes nothing.
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, d.cfg.MaxResponseBytes))
 	excerpt := clipText(strings.ToValidUTF8(string(body), "?"), 1024)
-	retryAfter := parseRetryAfter(resp.Header.Get("Retry-After"), at, d.cfg.MaxRetryAfter)
+	retryAfter := backoff.RetryAfter(resp.Header.Get("Retry-After"), at, d.cfg.MaxRetryAfter)
 	switch {
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
 		return resp.StatusCode, 0, excerpt, fmt.Errorf("redirect to %.100q not followed", resp.Header.Get("Location"))
@@ -547,26 +546,6 @@ func (d *Dispatcher) post(ctx context.Context, j Job, secrets []Secret, at time.
 		return resp.StatusCode, retryAfter, excerpt, fmt.Errorf("answered %d", resp.StatusCode)
 	}
 	return resp.StatusCode, 0, excerpt, nil
-}
-
-// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP
-// date, into a wait of at most limit; zero when absent or unreadable.
-func parseRetryAfter(v string, now time.Time, limit time.Duration) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if strings.Trim(v, "0123456789") == "" {
-		if len(v) > 9 { // more seconds than any limit
-			return limit
-		}
-		n, _ := strconv.Atoi(v)
-		return min(time.Duration(n)*time.Second, limit)
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return min(t.Sub(now), limit)
-	}
-	return 0
 }
 
 // retryDelay is the wait before attempt n+1: the schedule's, varied by up

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -141,7 +142,7 @@ func (r *Receiver[T]) Verify(req *http.Request) (execution.EventPayload, error) 
 	if err != nil {
 		return ev, err
 	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&ev); err != nil {
 		return ev, fmt.Errorf("%w: %.100v", ErrMalformedEvent, err)
 	}

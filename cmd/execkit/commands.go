@@ -24,7 +24,7 @@ func (g *Globals) dbPath() (string, error) {
 	if g.dbSet {
 		return g.DB, nil
 	}
-	cfg, err := loadConfig(g.Config, g.configSet)
+	cfg, err := g.config()
 	if err != nil {
 		return "", err
 	}
@@ -213,7 +213,7 @@ type EndpointsCmd struct {
 // dispatcher opens the file and a dispatcher on it, with the address
 // policy of the configuration file.
 func (g *Globals) dispatcher(ctx context.Context) (*sqlite.Store, *webhook.Dispatcher, error) {
-	cfg, err := loadConfig(g.Config, g.configSet)
+	cfg, err := g.config()
 	if err != nil {
 		return nil, nil, err
 	}

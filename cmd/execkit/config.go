@@ -97,6 +97,18 @@ func (d *duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// config returns the configuration file, read and checked on first use.
+func (g *Globals) config() (Config, error) {
+	if g.cfg == nil {
+		c, err := loadConfig(g.Config, g.configSet)
+		if err != nil {
+			return Config{}, err
+		}
+		g.cfg = &c
+	}
+	return *g.cfg, nil
+}
+
 // loadConfig reads and checks a configuration file. A missing file is an
 // empty configuration only if the path was not given explicitly.
 func loadConfig(path string, explicit bool) (Config, error) {

@@ -42,6 +42,7 @@ type Globals struct {
 
 	configSet, dbSet, listenSet bool
 	stdout                      io.Writer
+	cfg                         *Config // read once by config
 	stderr                      io.Writer
 }
 

@@ -39,7 +39,7 @@ func (c *ServeCmd) serve(ctx context.Context, g *Globals) error {
 	_ = level.UnmarshalText([]byte(c.LogLevel))
 	log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
 
-	cfg, err := loadConfig(g.Config, g.configSet)
+	cfg, err := g.config()
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package backoff
 
 import (
+	"net/http"
 	"math"
 	"testing"
 	"time"
@@ -31,5 +32,30 @@ func TestBackoff(t *testing.T) {
 	huge := time.Duration(math.MaxInt64 / 3 * 2)
 	if got := Delay(100, time.Hour, huge, 0.5); got <= 0 || got > huge {
 		t.Errorf("backoff with a huge cap = %s", got)
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 5, 30, 12, 0, 0, 0, time.UTC)
+	const limit = 10 * time.Minute
+	for _, tt := range []struct {
+		v    string
+		want time.Duration
+	}{
+		{"", 0},
+		{"120", 2 * time.Minute},
+		{" 7 ", 7 * time.Second},
+		{"18446744074", limit},
+		{"99999999999999999999", limit},
+		{"-5", 0},
+		{"soon", 0},
+		{now.Add(3 * time.Minute).Format(http.TimeFormat), 3 * time.Minute},
+		{now.Add(time.Hour).Format(http.TimeFormat), limit},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+	} {
+		if got := RetryAfter(tt.v, now, limit); got != tt.want {
+			t.Errorf("RetryAfter(%q) = %s, want %s", tt.v, got, tt.want)
+		}
 	}
 }

@@ -18,12 +18,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/fsm"
+	"github.com/execkit/execkit/internal/backoff"
 )
 
 // Config describes one service.
@@ -160,7 +160,7 @@ func (p *Provider) call(ctx context.Context, method, u string, body []byte, id s
 	switch s := resp.StatusCode; {
 	case s == http.StatusTooManyRequests || s == http.StatusRequestTimeout || s >= 500:
 		err := fmt.Errorf("%s %s: answered %d", method, redact(u), s)
-		if wait := retryAfter(resp.Header.Get("Retry-After")); wait > 0 {
+		if wait := backoff.RetryAfter(resp.Header.Get("Retry-After"), time.Now(), 24*time.Hour); wait > 0 {
 			return execution.Update{}, execution.RetryAfter(err, wait)
 		}
 		return execution.Update{}, err
@@ -225,19 +225,6 @@ func asObject(raw json.RawMessage) json.RawMessage {
 	}
 	wrapped, _ := json.Marshal(map[string]json.RawMessage{"value": raw})
 	return wrapped
-}
-
-// retryAfter reads a Retry-After header in seconds or as an HTTP date;
-// zero when absent or unreadable.
-func retryAfter(v string) time.Duration {
-	v = strings.TrimSpace(v)
-	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
-		return time.Duration(min(secs, 86400)) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(time.Until(t), 0)
-	}
-	return 0
 }
 
 // redact drops credentials from a URL for messages: its user information
