@@ -1,8 +1,8 @@
 package backoff
 
 import (
-	"net/http"
 	"math"
+	"net/http"
 	"testing"
 	"time"
 )
