@@ -16,6 +16,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -45,7 +47,25 @@ func main() {
 	n := flag.Int("n", 2000, "executions, jobs, messages, transitions and deliveries per measurement")
 	small := flag.Int("scale-small", 10_000, "stored executions for the small scaling point")
 	large := flag.Int("scale-large", 1_000_000, "stored executions for the large scaling point (0 skips it)")
+	only := flag.String("only", "", "run only the measurements whose name contains this text")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	blockprofile := flag.String("blockprofile", "", "write a profile of where goroutines waited to this file")
 	flag.Parse()
+	if *blockprofile != "" {
+		runtime.SetBlockProfileRate(int(10 * time.Microsecond))
+		defer func() {
+			f, err := os.Create(*blockprofile)
+			check(err)
+			check(pprof.Lookup("block").WriteTo(f, 0))
+			check(f.Close())
+		}()
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
 
 	dir, err := os.MkdirTemp("", "execkit-bench")
 	check(err)
@@ -58,20 +78,37 @@ func main() {
 		rows = append(rows, r)
 		fmt.Fprintf(os.Stderr, "  %-46s %12.0f %s\n", r.name, r.value, r.unit)
 	}
-	fmt.Fprintf(os.Stderr, "measuring with n=%d ...\n", *n)
-	add(execkitLifecycle(ctx, filepath.Join(dir, "lifecycle.db"), *n))
-	add(riverJobs(ctx, filepath.Join(dir, "river.db"), *n))
-	add(goqiteMessages(ctx, filepath.Join(dir, "goqite.db"), *n))
-	add(rawTransitions(ctx, filepath.Join(dir, "raw1.db"), *n, 1))
-	add(rawTransitions(ctx, filepath.Join(dir, "raw100.db"), *n, 100))
-	add(webhookDeliveries(ctx, filepath.Join(dir, "hooks.db"), *n))
+	type measurement struct {
+		key string
+		run func() error
+	}
+	one := func(f func() (row, error)) func() error {
+		return func() error { r, err := f(); add(r, err); return nil }
+	}
+	ms := []measurement{
+		{"lifecycle", one(func() (row, error) { return execkitLifecycle(ctx, filepath.Join(dir, "lifecycle.db"), *n) })},
+		{"river", one(func() (row, error) { return riverJobs(ctx, filepath.Join(dir, "river.db"), *n) })},
+		{"goqite", one(func() (row, error) { return goqiteMessages(ctx, filepath.Join(dir, "goqite.db"), *n) })},
+		{"raw1", one(func() (row, error) { return rawTransitions(ctx, filepath.Join(dir, "raw1.db"), *n, 1) })},
+		{"raw100", one(func() (row, error) { return rawTransitions(ctx, filepath.Join(dir, "raw100.db"), *n, 100) })},
+		{"webhook", one(func() (row, error) { return webhookDeliveries(ctx, filepath.Join(dir, "hooks.db"), *n) })},
+	}
 	for _, size := range []int{*small, *large} {
 		if size == 0 {
 			continue
 		}
-		claim, get, err := scaling(ctx, filepath.Join(dir, fmt.Sprintf("scale%d.db", size)), size)
-		add(claim, err)
-		add(get, err)
+		ms = append(ms, measurement{fmt.Sprintf("scale%d", size), func() error {
+			claim, get, err := scaling(ctx, filepath.Join(dir, fmt.Sprintf("scale%d.db", size)), size)
+			add(claim, err)
+			add(get, err)
+			return nil
+		}})
+	}
+	fmt.Fprintf(os.Stderr, "measuring with n=%d ...\n", *n)
+	for _, m := range ms {
+		if strings.Contains(m.key, *only) {
+			check(m.run())
+		}
 	}
 	var ru syscall.Rusage
 	check(syscall.Getrusage(syscall.RUSAGE_SELF, &ru))

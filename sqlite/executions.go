@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -281,11 +282,16 @@ func (s *Store) Write(ctx context.Context, w execution.Write) error {
 	})
 }
 
+// maxClaim is the most executions one claim takes; a larger limit is cut
+// to it, and the caller claims again for more.
+const maxClaim = 1000
+
 // Claim implements [execution.Store.Claim].
 func (s *Store) Claim(ctx context.Context, p execution.ClaimParams) ([]execution.Execution, error) {
 	if len(p.Actions) == 0 || p.Limit <= 0 {
 		return nil, nil
 	}
+	p.Limit = min(p.Limit, maxClaim)
 	actions, err := json.Marshal(p.Actions)
 	if err != nil {
 		return nil, fmt.Errorf("claim: %w", err)
@@ -293,13 +299,17 @@ func (s *Store) Claim(ctx context.Context, p execution.ClaimParams) ([]execution
 	var claimed []execution.Execution
 	err = s.write(ctx, func(tx querier) error {
 		claimed = claimed[:0]
+		// The limit is written into the text: a bound LIMIT that changes
+		// makes SQLite plan the statement again on every call. The texts
+		// are few (one per limit up to the engine's worker count), and
+		// each is prepared once.
 		rows, err := tx.QueryContext(ctx, `UPDATE executions SET lease_owner = ?, next_check_at = ?, revision = revision + 1
 			WHERE id IN (
 				SELECT id FROM executions
 				WHERE next_check_at <= ? AND action IN (SELECT value FROM json_each(?))
-				ORDER BY next_check_at LIMIT ?)
+				ORDER BY next_check_at LIMIT `+strconv.Itoa(p.Limit)+`)
 			RETURNING `+executionColumns,
-			p.Owner, p.Until.UnixMilli(), p.Now.UnixMilli(), string(actions), p.Limit)
+			p.Owner, p.Until.UnixMilli(), p.Now.UnixMilli(), string(actions))
 		if err != nil {
 			return fmt.Errorf("claim executions: %w", err)
 		}

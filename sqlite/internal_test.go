@@ -14,7 +14,7 @@ import (
 	"github.com/execkit/execkit/providers/fake"
 )
 
-func TestCanceledContextMidTransitionChangesNothing(t *testing.T) {
+func TestContextCanceledAfterAWriteStartedStillCommitsIt(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
@@ -35,30 +35,176 @@ func TestCanceledContextMidTransitionChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The context is canceled after the update and its history rows are
-	// written, just before the commit.
+	// The context ends after the update and its history rows are
+	// written, just before the commit: the write is carried through, and
+	// the caller is told so.
 	cctx, cancel := context.WithCancel(ctx)
 	store.beforeCommit = func(context.Context) { cancel() }
-	_, err = engine.Apply(cctx, x.ID, execution.Update{Status: fsm.Running})
+	got, err := engine.Apply(cctx, x.ID, execution.Update{Status: fsm.Running})
 	store.beforeCommit = nil
-	if !errors.Is(err, context.Canceled) && !errors.Is(err, sql.ErrTxDone) {
-		t.Fatalf("Apply = %v, want a canceled commit", err)
-	}
-	got, err := engine.Get(ctx, x.ID)
-	if err != nil || got.Status != fsm.Pending || got.Version != 1 {
-		t.Fatalf("after canceled transition: %s v%d, %v", got.Status, got.Version, err)
-	}
-	if h, _ := engine.History(ctx, x.ID); len(h) != 1 {
-		t.Fatalf("history has %d rows", len(h))
-	}
-	if evs, _ := engine.Events(ctx, x.ID); len(evs) != 1 {
-		t.Fatalf("outbox has %d events", len(evs))
-	}
-
-	// The next transition on the same execution goes through.
-	got, err = engine.Apply(ctx, x.ID, execution.Update{Status: fsm.Running})
+	// pending → accepted → running: two transitions after the creation.
 	if err != nil || got.Status != fsm.Running || got.Version != 3 {
-		t.Fatalf("next transition: %s v%d, %v", got.Status, got.Version, err)
+		t.Fatalf("Apply = %s v%d, %v; want running v3", got.Status, got.Version, err)
+	}
+	got, err = engine.Get(ctx, x.ID)
+	if err != nil || got.Status != fsm.Running || got.Version != 3 {
+		t.Fatalf("stored: %s v%d, %v; want running v3", got.Status, got.Version, err)
+	}
+	if h, _ := engine.History(ctx, x.ID); len(h) != 3 {
+		t.Fatalf("history has %d rows, want 3", len(h))
+	}
+	if evs, _ := engine.Events(ctx, x.ID); len(evs) != 3 {
+		t.Fatalf("outbox has %d events, want 3", len(evs))
+	}
+}
+
+// holdGroup makes the next group block just before its commit until the
+// returned release is called; it returns once that group is waiting.
+func holdGroup(t *testing.T, s *Store) (release func()) {
+	t.Helper()
+	held, proceed := make(chan struct{}), make(chan struct{})
+	s.beforeCommit = func(context.Context) {
+		s.beforeCommit = nil
+		close(held)
+		<-proceed
+	}
+	errc := make(chan error, 1)
+	go func() {
+		errc <- s.write(context.Background(), func(querier) error { return nil })
+	}()
+	<-held
+	return func() {
+		close(proceed)
+		if err := <-errc; err != nil {
+			t.Errorf("held write: %v", err)
+		}
+	}
+}
+
+func TestWriteCanceledWhileQueuedIsNotRun(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	release := holdGroup(t, store)
+
+	cctx, cancel := context.WithCancel(ctx)
+	ran := false
+	errc := make(chan error, 1)
+	go func() { errc <- store.write(cctx, func(querier) error { ran = true; return nil }) }()
+	waitQueued(t, store, 1)
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("write = %v, want context.Canceled", err)
+	}
+	release()
+	if ran {
+		t.Fatal("a write withdrawn from the queue ran")
+	}
+	// The store goes on: the next write leads its own group.
+	if err := store.write(ctx, func(querier) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitQueued waits until n writes are queued behind a running group.
+func waitQueued(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		s.group.mu.Lock()
+		k := len(s.group.queue)
+		s.group.mu.Unlock()
+		if k == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d writes queued, want %d", k, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestGroupedWritesFailAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if _, err := store.w.Exec(`CREATE TABLE t (k TEXT UNIQUE)`); err != nil {
+		t.Fatal(err)
+	}
+	release := holdGroup(t, store)
+
+	// Five writes queue behind the held group and then run as one: the
+	// second fails after inserting, the fourth panics after inserting.
+	insert := func(k string) func(querier) error {
+		return func(q querier) error {
+			_, err := q.ExecContext(ctx, `INSERT INTO t (k) VALUES (?)`, k)
+			return err
+		}
+	}
+	errFail := errors.New("refused")
+	fns := []func(querier) error{
+		insert("a"),
+		func(q querier) error { _ = insert("b")(q); return errFail },
+		insert("c"),
+		func(q querier) error { _ = insert("d")(q); panic("boom") },
+		insert("a"), // a unique violation: fails alone
+	}
+	type result struct {
+		err      error
+		panicked any
+	}
+	results := make([]chan result, len(fns))
+	for i, fn := range fns {
+		results[i] = make(chan result, 1)
+		go func() {
+			defer func() {
+				if p := recover(); p != nil {
+					results[i] <- result{panicked: p}
+				}
+			}()
+			results[i] <- result{err: store.write(ctx, fn)}
+		}()
+		waitQueued(t, store, i+1)
+	}
+	release()
+
+	got := make([]result, len(fns))
+	for i := range fns {
+		got[i] = <-results[i]
+	}
+	if got[0].err != nil || got[2].err != nil {
+		t.Errorf("writes a and c: %v, %v; want both committed", got[0].err, got[2].err)
+	}
+	if !errors.Is(got[1].err, errFail) {
+		t.Errorf("write b: %v, want its own error", got[1].err)
+	}
+	if got[3].panicked != "boom" {
+		t.Errorf("write d: panicked with %v, want boom in its own goroutine", got[3].panicked)
+	}
+	if !isUniqueViolation(got[4].err) {
+		t.Errorf("second write of a: %v, want a unique violation", got[4].err)
+	}
+	rows, err := store.r.Query(`SELECT k FROM t ORDER BY k`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	if strings.Join(keys, ",") != "a,c" {
+		t.Fatalf("stored keys %v, want [a c]", keys)
 	}
 }
 

@@ -91,8 +91,10 @@ func (c *stmtCache) close() error {
 	return errors.Join(errs...)
 }
 
-// preparedTx runs a write transaction's statements through the cache.
+// preparedTx runs a write transaction's statements through the cache,
+// all under its own context: the one a statement is given is ignored.
 type preparedTx struct {
+	ctx   context.Context
 	tx    *sql.Tx
 	cache *stmtCache
 }
@@ -105,21 +107,24 @@ func (p preparedTx) stmt(ctx context.Context, query string) *sql.Stmt {
 	return p.tx.StmtContext(ctx, st)
 }
 
-func (p preparedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+func (p preparedTx) ExecContext(_ context.Context, query string, args ...any) (sql.Result, error) {
+	ctx := p.ctx
 	if st := p.stmt(ctx, query); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
 	return p.tx.ExecContext(ctx, query, args...)
 }
 
-func (p preparedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+func (p preparedTx) QueryContext(_ context.Context, query string, args ...any) (*sql.Rows, error) {
+	ctx := p.ctx
 	if st := p.stmt(ctx, query); st != nil {
 		return st.QueryContext(ctx, args...)
 	}
 	return p.tx.QueryContext(ctx, query, args...)
 }
 
-func (p preparedTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+func (p preparedTx) QueryRowContext(_ context.Context, query string, args ...any) *sql.Row {
+	ctx := p.ctx
 	if st := p.stmt(ctx, query); st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}

@@ -66,6 +66,7 @@ type Store struct {
 	rstmts *stmtCache
 	log    *slog.Logger
 	closed atomic.Bool
+	group  group // writes waiting for a transaction
 
 	// beforeCommit, when set by a test, runs inside every write
 	// transaction just before it commits.
@@ -182,53 +183,6 @@ func (s *Store) Close() error {
 		return nil
 	}
 	return errors.Join(s.wstmts.close(), s.rstmts.close(), s.r.Close(), s.w.Close())
-}
-
-// write runs fn in an immediate transaction and commits it. A busy
-// database (another process held the lock past the busy timeout) is
-// retried a few times with growing pauses before its error is returned.
-func (s *Store) write(ctx context.Context, fn func(querier) error) error {
-	if s.closed.Load() {
-		return execution.ErrClosed
-	}
-	const tries = 5
-	var err error
-	for attempt := range tries {
-		if attempt > 0 {
-			t := time.NewTimer(time.Duration(attempt*attempt) * 20 * time.Millisecond)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
-		}
-		err = s.closedOr(s.writeOnce(ctx, fn))
-		if !isBusy(err) {
-			return err
-		}
-		s.log.WarnContext(ctx, "database busy, retrying write", "attempt", attempt+1)
-	}
-	return err
-}
-
-func (s *Store) writeOnce(ctx context.Context, fn func(querier) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	defer tx.Rollback()
-	if err := fn(preparedTx{tx: tx, cache: s.wstmts}); err != nil {
-		return err
-	}
-	if s.beforeCommit != nil {
-		s.beforeCommit(ctx)
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	s.wstmts.prepareWanted(context.WithoutCancel(ctx))
-	return nil
 }
 
 // closedOr returns ErrClosed if the store was closed while a call was in

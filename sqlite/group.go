@@ -1,0 +1,222 @@
+package sqlite
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/execkit/execkit/execution"
+)
+
+// Writes are committed in groups. Every write is queued; the caller that
+// finds no group running leads one: it takes every queued write (up to
+// maxGroup) and runs them in one transaction, each inside its own
+// savepoint, so that a write that fails or panics undoes only itself. One
+// commit then serves the whole group. When it is done the leader hands the
+// lead to the first write still queued, so that no caller serves others
+// for longer than one group.
+//
+// A write alone in its group runs without a savepoint, exactly as a plain
+// transaction. Under load the group grows by itself: the writes that queue
+// while one group commits form the next.
+
+// maxGroup is the most writes one transaction carries.
+const maxGroup = 128
+
+// writeReq is one queued write.
+type writeReq struct {
+	ctx context.Context
+	fn  func(querier) error
+	// lead receives true when this caller must lead the next group, and
+	// false when its write is done.
+	lead chan bool
+	err  error
+	// panicked holds what fn panicked with, to be raised again in the
+	// caller's goroutine.
+	panicked any
+}
+
+// group is the queue of writes waiting for a transaction.
+type group struct {
+	mu      sync.Mutex
+	queue   []*writeReq
+	running bool // a leader holds the lead
+}
+
+// write runs fn in a write transaction shared with other writes queued at
+// the same time, and returns once that transaction committed (nil) or fn
+// failed (its error; only its own changes are undone). fn may run more
+// than once if the database is busy, so it must reset what it collects.
+//
+// ctx bounds the wait in the queue. Once fn has started, the write is
+// carried through to its commit whatever happens to ctx: fn's statements
+// run without it, so that one caller giving up cannot undo the writes of
+// the others in its group.
+func (s *Store) write(ctx context.Context, fn func(querier) error) error {
+	if s.closed.Load() {
+		return execution.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &writeReq{ctx: ctx, fn: fn, lead: make(chan bool, 1)}
+	g := &s.group
+	g.mu.Lock()
+	g.queue = append(g.queue, r)
+	lead := !g.running
+	g.running = true
+	g.mu.Unlock()
+
+	if !lead {
+		select {
+		case lead = <-r.lead:
+		case <-ctx.Done():
+			if g.withdraw(r) {
+				return ctx.Err()
+			}
+			lead = <-r.lead
+		}
+	}
+	if lead {
+		s.lead()
+	}
+	if r.panicked != nil {
+		panic(r.panicked)
+	}
+	return r.err
+}
+
+// withdraw takes r out of the queue if no group has taken it yet, and
+// reports whether it did. If r had just been handed the lead, the lead
+// passes on.
+func (g *group) withdraw(r *writeReq) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	i := slices.Index(g.queue, r)
+	if i < 0 {
+		return false
+	}
+	g.queue = slices.Delete(g.queue, i, i+1)
+	select {
+	case <-r.lead: // it was to lead
+		g.handOff()
+	default:
+	}
+	return true
+}
+
+// handOff gives the lead to the first queued write, or ends the run of
+// groups if none is queued. g.mu must be held.
+func (g *group) handOff() {
+	if len(g.queue) == 0 {
+		g.running = false
+		return
+	}
+	g.queue[0].lead <- true
+}
+
+// lead runs one group: the writes queued now, the leader's own first
+// among them.
+func (s *Store) lead() {
+	g := &s.group
+	g.mu.Lock()
+	n := min(len(g.queue), maxGroup)
+	batch := slices.Clone(g.queue[:n])
+	g.queue = slices.Delete(g.queue, 0, n)
+	g.mu.Unlock()
+
+	s.commitGroup(batch)
+
+	g.mu.Lock()
+	for _, r := range batch {
+		r.lead <- false
+	}
+	g.handOff()
+	g.mu.Unlock()
+}
+
+// commitGroup runs batch in one transaction. A busy database (another
+// process held the lock past the busy timeout) is retried a few times
+// with growing pauses.
+func (s *Store) commitGroup(batch []*writeReq) {
+	const tries = 5
+	for attempt := range tries {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt*attempt) * 20 * time.Millisecond)
+		}
+		err := s.commitOnce(batch)
+		busy := isBusy(err)
+		for _, r := range batch {
+			busy = busy || isBusy(r.err)
+		}
+		if !busy || attempt == tries-1 {
+			for _, r := range batch {
+				if r.err == nil && r.panicked == nil {
+					r.err = err
+				}
+				r.err = s.closedOr(r.err)
+			}
+			return
+		}
+		s.log.Warn("database busy, retrying write", "attempt", attempt+1, "writes", len(batch))
+	}
+}
+
+// commitOnce runs every write of batch and commits. A write's own failure
+// is left in its request; the error returned is the transaction's.
+func (s *Store) commitOnce(batch []*writeReq) error {
+	// The transaction and its statements carry no cancellation: the
+	// writes of a group stand or fall together at the commit.
+	ctx := context.Background()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback()
+	q := preparedTx{ctx: ctx, tx: tx, cache: s.wstmts}
+	alone := len(batch) == 1
+	for _, r := range batch {
+		r.err, r.panicked = nil, nil
+		if err := r.ctx.Err(); err != nil {
+			r.err = err
+			continue
+		}
+		if !alone {
+			if _, err := q.ExecContext(ctx, `SAVEPOINT w`); err != nil {
+				return fmt.Errorf("savepoint: %w", err)
+			}
+		}
+		r.err, r.panicked = run(r.fn, q)
+		failed := r.err != nil || r.panicked != nil
+		switch {
+		case alone && failed:
+			return nil // the deferred rollback undoes it
+		case alone:
+		case failed:
+			if _, err := q.ExecContext(ctx, `ROLLBACK TO w`); err != nil {
+				return fmt.Errorf("roll back to savepoint: %w", err)
+			}
+			fallthrough
+		default:
+			if _, err := q.ExecContext(ctx, `RELEASE w`); err != nil {
+				return fmt.Errorf("release savepoint: %w", err)
+			}
+		}
+	}
+	if s.beforeCommit != nil {
+		s.beforeCommit(batch[0].ctx)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	s.wstmts.prepareWanted(ctx)
+	return nil
+}
+
+// run calls fn, turning a panic into a value to raise again elsewhere.
+func run(fn func(querier) error, q querier) (err error, panicked any) {
+	defer func() { panicked = recover() }()
+	return fn(q), nil
+}
