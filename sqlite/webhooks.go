@@ -1,11 +1,15 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/execkit/execkit/webhook"
@@ -249,52 +253,50 @@ func (s *Store) ClaimDeliveries(ctx context.Context, p webhook.ClaimParams) ([]w
 	if p.Limit <= 0 || p.PerEndpoint <= 0 {
 		return nil, nil
 	}
+	p.PerEndpoint = min(p.PerEndpoint, maxClaim)
 	var jobs []webhook.Job
 	err := s.write(ctx, func(tx querier) error {
 		jobs = jobs[:0]
-		rows, err := tx.QueryContext(ctx, `
-			WITH due AS (
-				SELECT d.id, d.endpoint_id,
-					ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rn
-				FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id
-				WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 AND w.disabled_at IS NULL
-				  AND (w.ordered = 0 OR NOT EXISTS (
-					SELECT 1 FROM webhook_deliveries p
-					WHERE p.endpoint_id = d.endpoint_id AND p.execution_id = d.execution_id
-					  AND p.version < d.version AND p.state IN ('pending', 'parked')))
-			)
-			SELECT id, endpoint_id FROM due WHERE rn <= ?2 ORDER BY rn, id`, p.Now.UnixMilli(), p.PerEndpoint)
-		if err != nil {
-			return fmt.Errorf("select due deliveries: %w", err)
-		}
-		type cand struct {
-			id int64
-			ep string
-		}
-		cands, err := collect(rows, func(r *sql.Rows) (cand, error) {
-			var c cand
-			return c, r.Scan(&c.id, &c.ep)
-		})
-		if err != nil {
+		ids, err := dueDeliveries(ctx, tx, p)
+		if err != nil || len(ids) == 0 {
 			return err
 		}
-		taken := map[string]int{}
-		var ids []int64
-		for _, c := range cands {
-			if len(ids) == p.Limit {
-				break
-			}
-			if p.Busy[c.ep]+taken[c.ep] >= p.PerEndpoint {
-				continue
-			}
-			taken[c.ep]++
-			ids = append(ids, c.id)
+		list, err := json.Marshal(ids)
+		if err != nil {
+			return fmt.Errorf("claim deliveries: %w", err)
 		}
-		for _, id := range ids {
-			job, err := claimOne(ctx, tx, id, p)
-			if err != nil {
-				return err
+		if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET lease_owner = ?, next_attempt_at = ?
+			WHERE id IN (SELECT value FROM json_each(?))`, p.Owner, p.Until.UnixMilli(), string(list)); err != nil {
+			return fmt.Errorf("lease deliveries: %w", err)
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT `+deliveryColumns+`, o.payload, w.url
+			FROM webhook_deliveries d JOIN outbox o ON o.id = d.event_id JOIN webhook_endpoints w ON w.id = d.endpoint_id
+			WHERE d.id IN (SELECT value FROM json_each(?))`, string(list))
+		if err != nil {
+			return fmt.Errorf("load claimed deliveries: %w", err)
+		}
+		byID := map[int64]webhook.Job{}
+		_, err = collect(rows, func(r *sql.Rows) (struct{}, error) {
+			var job webhook.Job
+			var err error
+			job.Delivery, err = scanDelivery(r, &job.Payload, &job.URL)
+			byID[job.Delivery.ID] = job
+			return struct{}{}, err
+		})
+		if err != nil {
+			return fmt.Errorf("load claimed deliveries: %w", err)
+		}
+		secrets := map[string][]string{}
+		for _, id := range ids { // in the order chosen
+			job := byID[id]
+			sec, ok := secrets[job.Delivery.EndpointID]
+			if !ok {
+				if sec, err = liveSecrets(ctx, tx, job.Delivery.EndpointID, p.Now); err != nil {
+					return err
+				}
+				secrets[job.Delivery.EndpointID] = sec
 			}
+			job.Secrets = sec
 			jobs = append(jobs, job)
 		}
 		return nil
@@ -302,30 +304,76 @@ func (s *Store) ClaimDeliveries(ctx context.Context, p webhook.ClaimParams) ([]w
 	return jobs, err
 }
 
-func claimOne(ctx context.Context, tx querier, id int64, p webhook.ClaimParams) (webhook.Job, error) {
-	var job webhook.Job
-	_, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET lease_owner = ?, next_attempt_at = ? WHERE id = ?`,
-		p.Owner, p.Until.UnixMilli(), id)
+// dueDeliveries chooses the deliveries a claim takes: each enabled
+// endpoint's earliest due ones, at most PerEndpoint of them less those the
+// caller has in flight, taken in turns across endpoints (every endpoint's
+// first, then every endpoint's second, ...) up to Limit. An ordered
+// endpoint's delivery waits while an earlier version for the same
+// execution is pending or parked.
+func dueDeliveries(ctx context.Context, tx querier, p webhook.ClaimParams) ([]int64, error) {
+	// The per-endpoint limit is written into the text, as in Claim.
+	rows, err := tx.QueryContext(ctx, `SELECT d.endpoint_id, d.next_attempt_at, d.id FROM webhook_endpoints w, webhook_deliveries d
+		WHERE w.disabled_at IS NULL AND d.id IN (
+			SELECT x.id FROM webhook_deliveries x
+			WHERE x.endpoint_id = w.id AND x.state = 'pending' AND x.next_attempt_at <= ?
+			  AND (w.ordered = 0 OR NOT EXISTS (
+				SELECT 1 FROM webhook_deliveries e
+				WHERE e.endpoint_id = x.endpoint_id AND e.execution_id = x.execution_id
+				  AND e.version < x.version AND e.state IN ('pending', 'parked')))
+			ORDER BY x.next_attempt_at, x.id LIMIT `+strconv.Itoa(p.PerEndpoint)+`)`, p.Now.UnixMilli())
 	if err != nil {
-		return job, fmt.Errorf("lease delivery %d: %w", id, err)
+		return nil, fmt.Errorf("select due deliveries: %w", err)
 	}
-	job.Delivery, err = scanDelivery(tx.QueryRowContext(ctx, `SELECT `+deliveryColumns+`, o.payload, w.url
-		FROM webhook_deliveries d JOIN outbox o ON o.id = d.event_id JOIN webhook_endpoints w ON w.id = d.endpoint_id
-		WHERE d.id = ?`, id), &job.Payload, &job.URL)
+	type cand struct {
+		ep      string
+		due, id int64
+		turn    int
+	}
+	cands, err := collect(rows, func(r *sql.Rows) (cand, error) {
+		var c cand
+		return c, r.Scan(&c.ep, &c.due, &c.id)
+	})
 	if err != nil {
-		return job, fmt.Errorf("load delivery %d: %w", id, err)
+		return nil, fmt.Errorf("select due deliveries: %w", err)
 	}
+	slices.SortFunc(cands, func(a, b cand) int {
+		return cmp.Or(strings.Compare(a.ep, b.ep), cmp.Compare(a.due, b.due), cmp.Compare(a.id, b.id))
+	})
+	taken := map[string]int{}
+	kept := cands[:0]
+	for _, c := range cands {
+		if p.Busy[c.ep]+taken[c.ep] >= p.PerEndpoint {
+			continue
+		}
+		c.turn = taken[c.ep]
+		taken[c.ep]++
+		kept = append(kept, c)
+	}
+	slices.SortFunc(kept, func(a, b cand) int { return cmp.Or(cmp.Compare(a.turn, b.turn), cmp.Compare(a.id, b.id)) })
+	ids := make([]int64, 0, min(len(kept), p.Limit))
+	for _, c := range kept[:min(len(kept), p.Limit)] {
+		ids = append(ids, c.id)
+	}
+	return ids, nil
+}
+
+// liveSecrets returns an endpoint's secrets that have not expired, the
+// newest first.
+func liveSecrets(ctx context.Context, tx querier, endpointID string, now time.Time) ([]string, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT secret FROM webhook_secrets
 		WHERE endpoint_id = ? AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at DESC`,
-		job.Delivery.EndpointID, p.Now.UnixMilli())
+		endpointID, now.UnixMilli())
 	if err != nil {
-		return job, fmt.Errorf("load secrets: %w", err)
+		return nil, fmt.Errorf("load secrets: %w", err)
 	}
-	job.Secrets, err = collect(rows, func(r *sql.Rows) (string, error) {
+	secrets, err := collect(rows, func(r *sql.Rows) (string, error) {
 		var s string
 		return s, r.Scan(&s)
 	})
-	return job, err
+	if err != nil {
+		return nil, fmt.Errorf("load secrets: %w", err)
+	}
+	return secrets, nil
 }
 
 // RecordAttempt implements [webhook.Store.RecordAttempt].
@@ -405,10 +453,12 @@ func (s *Store) NextDeliveryDue(ctx context.Context) (time.Time, bool, error) {
 		return time.Time{}, false, err
 	}
 	var next sql.NullInt64
-	err = db.QueryRowContext(ctx, `SELECT d.next_attempt_at FROM webhook_deliveries d
-		JOIN webhook_endpoints w ON w.id = d.endpoint_id
-		WHERE d.state = 'pending' AND w.disabled_at IS NULL ORDER BY d.next_attempt_at LIMIT 1`).Scan(&next)
-	if errors.Is(err, sql.ErrNoRows) {
+	// The earliest of each enabled endpoint's earliest, through the
+	// per-endpoint index.
+	err = db.QueryRowContext(ctx, `SELECT min((SELECT d.next_attempt_at FROM webhook_deliveries d
+			WHERE d.endpoint_id = w.id AND d.state = 'pending' ORDER BY d.next_attempt_at LIMIT 1))
+		FROM webhook_endpoints w WHERE w.disabled_at IS NULL`).Scan(&next)
+	if err == nil && !next.Valid {
 		return time.Time{}, false, nil
 	}
 	if err != nil {
