@@ -187,44 +187,37 @@ func mustTouch(res sql.Result, err error, id string) error {
 
 // FanOut implements [webhook.Store.FanOut].
 func (s *Store) FanOut(ctx context.Context, now time.Time, limit int) (int, error) {
+	if limit <= 0 {
+		return 0, nil
+	}
+	// The same earliest events, by the partial index, in both statements
+	// of one transaction; the limit is written into the text, as in Claim.
+	unfanned := `SELECT id FROM outbox WHERE fanned_out = 0 ORDER BY id LIMIT ` + strconv.Itoa(min(limit, maxClaim))
 	var n int
 	err := s.write(ctx, func(tx querier) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id, execution_id, type, version FROM outbox
-			WHERE fanned_out = 0 ORDER BY id LIMIT ?`, limit)
+		// WHERE true tells SQLite's parser that ON CONFLICT belongs to the
+		// INSERT, not to a join.
+		_, err := tx.ExecContext(ctx, `INSERT INTO webhook_deliveries
+			(event_id, endpoint_id, execution_id, version, state, next_attempt_at, created_at, updated_at)
+			SELECT o.id, w.id, o.execution_id, o.version, CASE WHEN w.disabled_at IS NULL THEN 'pending' ELSE 'parked' END,
+				CASE WHEN w.disabled_at IS NULL THEN ?1 END, ?1, ?1
+			FROM outbox o JOIN webhook_endpoints w
+			WHERE o.id IN (`+unfanned+`)
+			  AND EXISTS (SELECT 1 FROM json_each(w.event_types) f
+				WHERE f.value = o.type OR f.value = '*'
+				   OR (substr(f.value, -2) = '.*' AND substr(o.type, 1, length(f.value) - 1) = substr(f.value, 1, length(f.value) - 1)))
+			ORDER BY o.id, w.id
+			ON CONFLICT (event_id, endpoint_id) DO NOTHING`, now.UnixMilli())
 		if err != nil {
-			return fmt.Errorf("select events to fan out: %w", err)
+			return fmt.Errorf("create deliveries: %w", err)
 		}
-		type ev struct {
-			id, exe, typ string
-			version      int64
-		}
-		events, err := collect(rows, func(r *sql.Rows) (ev, error) {
-			var e ev
-			return e, r.Scan(&e.id, &e.exe, &e.typ, &e.version)
-		})
+		res, err := tx.ExecContext(ctx, `UPDATE outbox SET fanned_out = 1 WHERE id IN (`+unfanned+`)`)
 		if err != nil {
-			return err
+			return fmt.Errorf("mark events fanned out: %w", err)
 		}
-		for _, e := range events {
-			_, err := tx.ExecContext(ctx, `INSERT INTO webhook_deliveries
-				(event_id, endpoint_id, execution_id, version, state, next_attempt_at, created_at, updated_at)
-				SELECT ?1, w.id, ?2, ?3, CASE WHEN w.disabled_at IS NULL THEN 'pending' ELSE 'parked' END,
-					CASE WHEN w.disabled_at IS NULL THEN ?4 END, ?4, ?4
-				FROM webhook_endpoints w
-				WHERE EXISTS (SELECT 1 FROM json_each(w.event_types) f
-					WHERE f.value = ?5 OR f.value = '*'
-					   OR (substr(f.value, -2) = '.*' AND substr(?5, 1, length(f.value) - 1) = substr(f.value, 1, length(f.value) - 1)))
-				ON CONFLICT (event_id, endpoint_id) DO NOTHING`,
-				e.id, e.exe, e.version, now.UnixMilli(), e.typ)
-			if err != nil {
-				return fmt.Errorf("create deliveries of %s: %w", e.id, err)
-			}
-			if _, err := tx.ExecContext(ctx, `UPDATE outbox SET fanned_out = 1 WHERE id = ?`, e.id); err != nil {
-				return fmt.Errorf("mark %s fanned out: %w", e.id, err)
-			}
-		}
-		n = len(events)
-		return nil
+		k, err := res.RowsAffected()
+		n = int(k)
+		return err
 	})
 	return n, err
 }
@@ -407,21 +400,28 @@ func (s *Store) RecordAttempt(ctx context.Context, o webhook.Outcome) error {
 		if err != nil {
 			return fmt.Errorf("insert attempt: %w", err)
 		}
-		// The endpoint was disabled while the attempt ran: a retry waits.
-		_, err = tx.ExecContext(ctx, `UPDATE webhook_deliveries SET state = 'parked', next_attempt_at = NULL
-			WHERE id = ? AND state = 'pending'
-			  AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = ? AND w.disabled_at IS NOT NULL)`,
-			o.DeliveryID, endpointID)
-		if err != nil {
-			return fmt.Errorf("park delivery: %w", err)
+		if o.State == webhook.Pending {
+			// The endpoint was disabled while the attempt ran: the retry waits.
+			_, err = tx.ExecContext(ctx, `UPDATE webhook_deliveries SET state = 'parked', next_attempt_at = NULL
+				WHERE id = ? AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.id = ? AND w.disabled_at IS NOT NULL)`,
+				o.DeliveryID, endpointID)
+			if err != nil {
+				return fmt.Errorf("park delivery: %w", err)
+			}
 		}
 
 		switch {
 		case o.Disable != "":
 			return disable(ctx, tx, endpointID, o.Disable, a.At)
 		case !o.Failed:
-			_, err = tx.ExecContext(ctx, `UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ?`, endpointID)
-			return err
+			// Only a failing endpoint's row is written: the usual success
+			// leaves the endpoint's page untouched.
+			_, err = tx.ExecContext(ctx, `UPDATE webhook_endpoints SET failing_since = NULL
+				WHERE id = ? AND failing_since IS NOT NULL`, endpointID)
+			if err != nil {
+				return fmt.Errorf("clear endpoint failure: %w", err)
+			}
+			return nil
 		}
 		var since int64
 		err = tx.QueryRowContext(ctx, `UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, ?)
