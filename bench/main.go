@@ -31,6 +31,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/execkit/execkit/execution"
+	"github.com/execkit/execkit/fsm"
 	"github.com/execkit/execkit/httpapi"
 	"github.com/execkit/execkit/providers/fake"
 	"github.com/execkit/execkit/sqlite"
@@ -87,6 +88,7 @@ func main() {
 	}
 	ms := []measurement{
 		{"lifecycle", one(func() (row, error) { return execkitLifecycle(ctx, filepath.Join(dir, "lifecycle.db"), *n) })},
+		{"transitions", one(func() (row, error) { return execkitTransitions(ctx, filepath.Join(dir, "apply.db"), *n) })},
 		{"river", one(func() (row, error) { return riverJobs(ctx, filepath.Join(dir, "river.db"), *n) })},
 		{"goqite", one(func() (row, error) { return goqiteMessages(ctx, filepath.Join(dir, "goqite.db"), *n) })},
 		{"raw1", one(func() (row, error) { return rawTransitions(ctx, filepath.Join(dir, "raw1.db"), *n, 1) })},
@@ -170,6 +172,59 @@ func execkitLifecycle(ctx context.Context, path string, n int) (row, error) {
 	_ = last
 	return row{name: "execkit lifecycle (3 transitions + events each)", unit: "executions/s",
 		value: float64(n) / time.Since(start).Seconds()}, nil
+}
+
+// execkitTransitions creates n executions, then applies one pushed update
+// (pending → accepted) to each from 16 concurrent callers, as a provider's
+// webhooks would: single transitions, each a conditional write with its
+// history row and outbox event. Only the updates are timed.
+func execkitTransitions(ctx context.Context, path string, n int) (row, error) {
+	store, err := sqlite.Open(ctx, path, sqlite.Options{})
+	if err != nil {
+		return row{}, err
+	}
+	defer store.Close()
+	engine, err := execution.New(store, execution.Config{})
+	if err != nil {
+		return row{}, err
+	}
+	if err := engine.Register("servers.provision", fake.New(nil)); err != nil {
+		return row{}, err
+	}
+	ids := make(chan string, n)
+	for range n {
+		e, err := engine.Create(ctx, execution.CreateRequest{Action: "servers.provision"})
+		if err != nil {
+			return row{}, err
+		}
+		ids <- e.ID
+	}
+	close(ids)
+	const callers = 16
+	errs := make(chan error, callers)
+	start := time.Now()
+	for range callers {
+		go func() {
+			for id := range ids {
+				if _, err := engine.Apply(ctx, id, execution.Update{Status: fsm.Accepted}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			return row{}, err
+		}
+	}
+	elapsed := time.Since(start)
+	if done, err := countStatus(store.DB(), "accepted"); err != nil || done != n {
+		return row{}, fmt.Errorf("%d accepted of %d: %v", done, n, err)
+	}
+	return row{name: "execkit single transitions (Apply, 16 callers)", unit: "transitions/s",
+		value: float64(n) / elapsed.Seconds()}, nil
 }
 
 func countStatus(db *sql.DB, status string) (int, error) {

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -18,9 +19,13 @@ import (
 // lead to the first write still queued, so that no caller serves others
 // for longer than one group.
 //
-// A write alone in its group runs without a savepoint, exactly as a plain
-// transaction. Under load the group grows by itself: the writes that queue
-// while one group commits form the next.
+// Savepoints cost two statements a write, and writes rarely fail, so a
+// group first runs without them. If any write fails, the transaction is
+// rolled back and the group runs again, this time with a savepoint around
+// each write. (Writes are already written to be run again: a busy
+// database is retried the same way.) A write alone in its group never
+// needs one: the transaction is its savepoint. Under load the group grows
+// by itself: the writes that queue while one group commits form the next.
 
 // maxGroup is the most writes one transaction carries.
 const maxGroup = 128
@@ -146,7 +151,10 @@ func (s *Store) commitGroup(batch []*writeReq) {
 		if attempt > 0 {
 			time.Sleep(time.Duration(attempt*attempt) * 20 * time.Millisecond)
 		}
-		err := s.commitOnce(batch)
+		err := s.commitOnce(batch, len(batch) == 1)
+		if errors.Is(err, errWriteFailed) {
+			err = s.commitOnce(batch, true)
+		}
 		busy := isBusy(err)
 		for _, r := range batch {
 			busy = busy || isBusy(r.err)
@@ -164,9 +172,16 @@ func (s *Store) commitGroup(batch []*writeReq) {
 	}
 }
 
-// commitOnce runs every write of batch and commits. A write's own failure
-// is left in its request; the error returned is the transaction's.
-func (s *Store) commitOnce(batch []*writeReq) error {
+// errWriteFailed is commitOnce's answer when a write of a group run
+// without savepoints failed: nothing was committed.
+var errWriteFailed = errors.New("a write of the group failed")
+
+// commitOnce runs every write of batch and commits. With savepoints (or
+// alone), a write's own failure is left in its request and undoes only
+// that write; the error returned is the transaction's. Without them, the
+// first failure rolls everything back and commitOnce returns
+// errWriteFailed.
+func (s *Store) commitOnce(batch []*writeReq, savepoints bool) error {
 	// The transaction and its statements carry no cancellation: the
 	// writes of a group stand or fall together at the commit.
 	ctx := context.Background()
@@ -183,7 +198,7 @@ func (s *Store) commitOnce(batch []*writeReq) error {
 			r.err = err
 			continue
 		}
-		if !alone {
+		if savepoints && !alone {
 			if _, err := q.ExecContext(ctx, `SAVEPOINT w`); err != nil {
 				return fmt.Errorf("savepoint: %w", err)
 			}
@@ -193,7 +208,9 @@ func (s *Store) commitOnce(batch []*writeReq) error {
 		switch {
 		case alone && failed:
 			return nil // the deferred rollback undoes it
-		case alone:
+		case !savepoints && failed:
+			return errWriteFailed
+		case alone || !savepoints:
 		case failed:
 			if _, err := q.ExecContext(ctx, `ROLLBACK TO w`); err != nil {
 				return fmt.Errorf("roll back to savepoint: %w", err)
