@@ -236,17 +236,48 @@ func (g *Engine) create(ctx context.Context, tx *sql.Tx, req CreateRequest) (Exe
 		return Execution{}, fmt.Errorf("create execution: %w", err)
 	}
 
-	var e Execution
-	if tx == nil {
-		e, _, err = g.store.Create(ctx, c)
-	} else {
-		e, _, err = g.store.CreateTx(ctx, tx, c)
+	if tx != nil {
+		e, _, err := g.store.CreateTx(ctx, tx, c)
+		if err != nil {
+			return Execution{}, fmt.Errorf("create execution: %w", err)
+		}
+		g.wake.Notify() // due once the host commits
+		return e, nil
+	}
+
+	// With a worker free, the execution is created already claimed and
+	// handed to it: no claim transaction, and no wait for the loop.
+	l := g.running()
+	token := ""
+	if l != nil && l.reserve() {
+		token = g.ids.next("lse_", c.Execution.CreatedAt)
+		c.Execution.LeaseOwner = token
+		c.Execution.NextCheckAt = c.Execution.CreatedAt.Add(g.cfg.LeaseDuration)
+	}
+	e, created, err := g.store.Create(ctx, c)
+	switch {
+	case token != "" && err == nil && created:
+		g.startWorker(l, e, token)
+	case token != "":
+		l.unreserve()
 	}
 	if err != nil {
 		return Execution{}, fmt.Errorf("create execution: %w", err)
 	}
-	g.wake.Notify()
+	if token == "" {
+		g.wake.Notify()
+	}
 	return e, nil
+}
+
+// running returns the loop if the engine was started and not stopped.
+func (g *Engine) running() *loop {
+	g.lifeMu.Lock()
+	defer g.lifeMu.Unlock()
+	if g.stopped {
+		return nil
+	}
+	return g.loop
 }
 
 // Get returns the execution with the id.

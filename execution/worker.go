@@ -27,6 +27,47 @@ type loop struct {
 	workCtx    context.Context
 	cancelWork context.CancelFunc
 	done       chan struct{}
+
+	// slots holds one token per busy worker; its capacity is
+	// Config.Workers.
+	slots chan struct{}
+	wg    sync.WaitGroup
+	// mu guards closing, which is set once the loop stops taking work,
+	// so that no worker starts after it waits for the last one.
+	mu      sync.Mutex
+	closing bool
+}
+
+// reserve takes a free worker for an execution created in this process,
+// or reports that none is free or the loop is stopping. A reserved worker
+// must be given to startWorker or returned with unreserve.
+func (l *loop) reserve() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing || l.claimCtx.Err() != nil {
+		return false
+	}
+	select {
+	case l.slots <- struct{}{}:
+		l.wg.Add(1)
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *loop) unreserve() {
+	<-l.slots
+	l.wg.Done()
+}
+
+// startWorker processes a claimed execution on a reserved worker.
+func (g *Engine) startWorker(l *loop, e Execution, token string) {
+	go func() {
+		defer l.wg.Done()
+		defer func() { <-l.slots; g.wake.Notify() }()
+		g.process(l.workCtx, e, token)
+	}()
 }
 
 // Start runs the engine's loop in the background until [Engine.Stop] is
@@ -47,7 +88,7 @@ func (g *Engine) Start(ctx context.Context) error {
 	}
 	g.started = true
 
-	l := &loop{done: make(chan struct{})}
+	l := &loop{done: make(chan struct{}), slots: make(chan struct{}, g.cfg.Workers)}
 	l.claimCtx, l.stopClaiming = context.WithCancel(ctx)
 	l.workCtx, l.cancelWork = context.WithCancel(context.WithoutCancel(ctx))
 	g.loop = l
@@ -100,12 +141,15 @@ func (g *Engine) warnUnregistered(ctx context.Context) error {
 // or something wakes it.
 func (g *Engine) run(l *loop) {
 	defer close(l.done)
-	slots := make(chan struct{}, g.cfg.Workers)
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		l.mu.Lock()
+		l.closing = true
+		l.mu.Unlock()
+		l.wg.Wait()
+	}()
 
 	for l.claimCtx.Err() == nil {
-		free := cap(slots) - len(slots)
+		free := cap(l.slots) - len(l.slots)
 		if free == 0 {
 			g.wake.Sleep(l.claimCtx, g.cfg.PollInterval)
 			continue
@@ -119,11 +163,9 @@ func (g *Engine) run(l *loop) {
 			continue
 		}
 		for _, e := range batch {
-			slots <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-slots; g.wake.Notify() }()
-				g.process(l.workCtx, e, token)
-			})
+			l.slots <- struct{}{} // waits only if a creation took a slot since the count
+			l.wg.Add(1)
+			g.startWorker(l, e, token)
 		}
 		if len(batch) < free {
 			g.wake.Sleep(l.claimCtx, g.idleWait(l.claimCtx))

@@ -396,3 +396,44 @@ func TestProviderPanicIsAFailedAttempt(t *testing.T) {
 		t.Fatalf("logs = %q", msgs)
 	}
 }
+
+func TestCreateHandsNewWorkToAFreeWorker(t *testing.T) {
+	t.Parallel()
+	e := setup(t, execution.Config{Workers: 1}, nil)
+	g := &gate{entered: make(chan struct{}), release: make(chan struct{}), late: execution.Update{Status: fsm.Running}}
+	if err := e.engine.Register("slow.job", g); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.engine.Start(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The one worker is free: the execution is born claimed by it.
+	x := e.create("slow.job")
+	if x.LeaseOwner == "" || !x.NextCheckAt.Equal(t0.Add(time.Minute)) || x.Status != fsm.Pending {
+		t.Fatalf("created with a free worker: lease %q until %s, %s; want a lease until %s",
+			x.LeaseOwner, x.NextCheckAt, x.Status, t0.Add(time.Minute))
+	}
+	<-g.entered
+
+	// It is busy now: the next one waits for the loop to claim it.
+	y := e.create("slow.job")
+	if y.LeaseOwner != "" || !y.NextCheckAt.Equal(t0) {
+		t.Fatalf("created with every worker busy: lease %q, next check %s; want none, due at %s",
+			y.LeaseOwner, y.NextCheckAt, t0)
+	}
+
+	close(g.release)
+	if err := e.engine.Stop(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.get(x.ID); got.Status != fsm.Running || got.LeaseOwner != "" || got.Version != 3 {
+		t.Fatalf("after its worker answered: %s v%d lease %q; want running v3 and no lease",
+			got.Status, got.Version, got.LeaseOwner)
+	}
+
+	// A stopped engine hands nothing out.
+	if z := e.create("slow.job"); z.LeaseOwner != "" {
+		t.Fatalf("created after Stop with lease %q", z.LeaseOwner)
+	}
+}
