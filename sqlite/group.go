@@ -203,7 +203,7 @@ func (s *Store) commitOnce(batch []*writeReq, savepoints bool) error {
 				return fmt.Errorf("savepoint: %w", err)
 			}
 		}
-		r.err, r.panicked = run(r.fn, q)
+		r.panicked, r.err = run(r.fn, q)
 		failed := r.err != nil || r.panicked != nil
 		switch {
 		case alone && failed:
@@ -233,7 +233,7 @@ func (s *Store) commitOnce(batch []*writeReq, savepoints bool) error {
 }
 
 // run calls fn, turning a panic into a value to raise again elsewhere.
-func run(fn func(querier) error, q querier) (err error, panicked any) {
+func run(fn func(querier) error, q querier) (panicked any, err error) {
 	defer func() { panicked = recover() }()
-	return fn(q), nil
+	return nil, fn(q)
 }
