@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/execkit/execkit/execution"
+	"github.com/execkit/execkit/fsm"
 	"github.com/execkit/execkit/providers/fake"
 	"github.com/execkit/execkit/sqlite"
 )
@@ -62,4 +63,38 @@ func BenchmarkCreate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkApply measures single pushed transitions (pending → accepted)
+// applied from many goroutines at once, as a provider's webhooks would:
+// each a conditional write with its history row and its event, several
+// sharing a commit.
+func BenchmarkApply(b *testing.B) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	engine, _ := execution.New(store, execution.Config{})
+	_ = engine.Register("servers.provision", fake.New(nil))
+	ids := make(chan string, b.N)
+	for range b.N {
+		x, err := engine.Create(ctx, execution.CreateRequest{Action: "servers.provision"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids <- x.ID
+	}
+	close(ids)
+	b.SetParallelism(8) // 16 callers on two cores
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := engine.Apply(ctx, <-ids, execution.Update{Status: fsm.Accepted}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
