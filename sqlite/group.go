@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/execkit/execkit/execution"
@@ -146,22 +147,37 @@ func (s *Store) lead() {
 // process held the lock past the busy timeout) is retried a few times
 // with growing pauses.
 func (s *Store) commitGroup(batch []*writeReq) {
+	wait, stop := waitAll(batch)
+	defer stop()
 	const tries = 5
 	for attempt := range tries {
 		if attempt > 0 {
-			time.Sleep(time.Duration(attempt*attempt) * 20 * time.Millisecond)
+			t := time.NewTimer(time.Duration(attempt*attempt) * 20 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-wait.Done(): // every caller gave up; commitOnce reports it
+				t.Stop()
+			}
 		}
-		err := s.commitOnce(batch, len(batch) == 1)
+		err := s.commitOnce(wait, batch, len(batch) == 1)
 		if errors.Is(err, errWriteFailed) {
-			err = s.commitOnce(batch, true)
+			err = s.commitOnce(wait, batch, true)
 		}
+		// The connection is back in the pool: statements first seen in
+		// this group can be prepared on it now.
+		s.wstmts.prepareWanted(context.Background())
 		busy := isBusy(err)
 		for _, r := range batch {
 			busy = busy || isBusy(r.err)
 		}
 		if !busy || attempt == tries-1 {
 			for _, r := range batch {
-				if r.err == nil && r.panicked == nil {
+				switch {
+				case r.err != nil || r.panicked != nil:
+				case err != nil && wait.Err() != nil:
+					// Every caller gave up waiting: each is told why it did.
+					r.err = fmt.Errorf("wait for the writer: %w", r.ctx.Err())
+				default:
 					r.err = err
 				}
 				r.err = s.closedOr(r.err)
@@ -169,6 +185,28 @@ func (s *Store) commitGroup(batch []*writeReq) {
 			return
 		}
 		s.log.Warn("database busy, retrying write", "attempt", attempt+1, "writes", len(batch))
+	}
+}
+
+// waitAll returns a context that ends once the contexts of every write in
+// batch have ended, and a function that releases it.
+func waitAll(batch []*writeReq) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var left atomic.Int32
+	left.Store(int32(len(batch)))
+	stops := make([]func() bool, len(batch))
+	for i, r := range batch {
+		stops[i] = context.AfterFunc(r.ctx, func() {
+			if left.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
 	}
 }
 
@@ -181,11 +219,18 @@ var errWriteFailed = errors.New("a write of the group failed")
 // that write; the error returned is the transaction's. Without them, the
 // first failure rolls everything back and commitOnce returns
 // errWriteFailed.
-func (s *Store) commitOnce(batch []*writeReq, savepoints bool) error {
-	// The transaction and its statements carry no cancellation: the
-	// writes of a group stand or fall together at the commit.
+func (s *Store) commitOnce(wait context.Context, batch []*writeReq, savepoints bool) error {
+	// Waiting for the connection (a host may hold it in a transaction of
+	// its own) ends when every caller has given up. The transaction and
+	// its statements carry no cancellation: the writes of a group stand
+	// or fall together at the commit.
+	conn, err := s.w.Conn(wait)
+	if err != nil {
+		return fmt.Errorf("wait for the writer connection: %w", err)
+	}
+	defer conn.Close()
 	ctx := context.Background()
-	tx, err := s.w.BeginTx(ctx, nil)
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
@@ -228,7 +273,6 @@ func (s *Store) commitOnce(batch []*writeReq, savepoints bool) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
-	s.wstmts.prepareWanted(ctx)
 	return nil
 }
 

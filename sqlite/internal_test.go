@@ -295,3 +295,29 @@ func TestOpenAcceptsHashInPaths(t *testing.T) {
 	}
 	s.Close()
 }
+
+func TestWriteWaitingForAHostTransactionEndsWithItsContext(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	// The host holds the one writer connection in a transaction of its own.
+	tx, err := store.DB().BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := store.write(cctx, func(querier) error { return nil }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("write behind a host transaction = %v, want its deadline", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.write(ctx, func(querier) error { return nil }); err != nil {
+		t.Fatalf("write after the host's transaction ended: %v", err)
+	}
+}
