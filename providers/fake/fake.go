@@ -5,7 +5,9 @@
 // completed after 5s"), plus injected transient and permanent errors.
 // The provider answers from the timeline as it stands on its clock, so it
 // is deterministic under a [Clock], and it records every call for
-// assertions.
+// assertions. It keeps that record, and its state of every execution
+// submitted to it, for as long as it lives: memory grows with use, as a
+// test double's may.
 package fake
 
 import (
