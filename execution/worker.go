@@ -344,9 +344,6 @@ func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update
 			next.NextCheckAt = g.bounded(now.Add(wait), next.Deadline)
 		}
 
-		// TODO(perf): every write here is its own commit, and commits are
-		// most of a lifecycle's cost; grouping them alone did not help
-		// while creations take one commit each (see BENCHMARKS.md).
 		err = g.store.Write(ctx, w)
 		if err == nil {
 			if len(w.Transitions) > 0 {

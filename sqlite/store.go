@@ -2,10 +2,12 @@
 // pure-Go driver modernc.org/sqlite: no cgo.
 //
 // One file holds everything. The store keeps one writer connection, whose
-// transactions begin IMMEDIATE so that writers queue on the busy timeout
-// instead of failing, and a pool of read-only connections; WAL lets the
-// readers run while a write is in progress. Several processes may open the
-// same file at once.
+// transactions begin IMMEDIATE so that writers of other processes queue on
+// the busy timeout instead of failing, and a pool of read-only
+// connections; WAL lets the readers run while a write is in progress.
+// Several processes may open the same file at once. Within a process,
+// writes that arrive together are committed together, each still
+// succeeding or failing on its own (see group.go).
 package sqlite
 
 import (
