@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -319,5 +320,39 @@ func TestWriteWaitingForAHostTransactionEndsWithItsContext(t *testing.T) {
 	}
 	if err := store.write(ctx, func(querier) error { return nil }); err != nil {
 		t.Fatalf("write after the host's transaction ended: %v", err)
+	}
+}
+
+func TestQueuedWritesShareOneCommit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	release := holdGroup(t, store)
+	var commits atomic.Int32
+	const n = 5
+	errc := make(chan error, n)
+	for i := range n {
+		go func() {
+			errc <- store.write(ctx, func(q querier) error {
+				_, err := q.ExecContext(ctx, `INSERT INTO ignored_updates (execution_id, status, version, reported, reason, at)
+					SELECT 'exe_none', 'running', ?, 'running', 'grouped', 0 WHERE 0`, i)
+				return err
+			})
+		}()
+		waitQueued(t, store, i+1)
+	}
+	store.beforeCommit = func(context.Context) { commits.Add(1) }
+	release()
+	for range n {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := commits.Load(); got != 1 {
+		t.Fatalf("%d writes queued together took %d commits, want 1", n, got)
 	}
 }
