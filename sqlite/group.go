@@ -14,9 +14,9 @@ import (
 
 // Writes are committed in groups. Every write is queued; the caller that
 // finds no group running leads one: it takes every queued write (up to
-// maxGroup) and runs them in one transaction, each inside its own
-// savepoint, so that a write that fails or panics undoes only itself. One
-// commit then serves the whole group. When it is done the leader hands the
+// maxGroup) and runs them in one transaction, and a write that fails or
+// panics undoes only itself (below). One commit then serves the whole
+// group. When it is done the leader hands the
 // lead to the first write still queued, so that no caller serves others
 // for longer than one group.
 //
@@ -54,7 +54,8 @@ type group struct {
 // write runs fn in a write transaction shared with other writes queued at
 // the same time, and returns once that transaction committed (nil) or fn
 // failed (its error; only its own changes are undone). fn may run more
-// than once if the database is busy, so it must reset what it collects.
+// than once (when the database is busy, or another write of its group
+// failed), so it must reset what it collects.
 //
 // ctx bounds the wait in the queue. Once fn has started, the write is
 // carried through to its commit whatever happens to ctx: fn's statements
