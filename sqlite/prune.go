@@ -60,6 +60,7 @@ func (s *Store) Prune(ctx context.Context, opts PruneOptions) (PruneResult, erro
 func (s *Store) pruneBatch(ctx context.Context, before time.Time, limit int) (int, error) {
 	var n int
 	err := s.write(ctx, func(tx querier) error {
+		n = 0 // a write may run again
 		rows, err := tx.QueryContext(ctx, `SELECT e.id FROM executions e
 			WHERE e.next_check_at IS NULL AND e.completed_at < ?
 			  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.execution_id = e.id AND o.fanned_out = 0)

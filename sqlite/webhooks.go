@@ -513,6 +513,7 @@ func (s *Store) Attempts(ctx context.Context, deliveryID int64) ([]webhook.Attem
 func (s *Store) Replay(ctx context.Context, endpointID string, eventIDs []string, now time.Time) (int, error) {
 	var n int
 	err := s.write(ctx, func(tx querier) error {
+		n = 0 // a write may run again
 		var disabled sql.NullInt64
 		err := tx.QueryRowContext(ctx, `SELECT disabled_at FROM webhook_endpoints WHERE id = ?`, endpointID).Scan(&disabled)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -565,8 +566,9 @@ func (s *Store) EventsSince(ctx context.Context, since time.Time) ([]string, err
 
 // InboxBegin implements [webhook.Inbox.InboxBegin].
 func (s *Store) InboxBegin(ctx context.Context, e webhook.InboxEntry, leaseUntil time.Time) (webhook.InboxState, error) {
-	state := webhook.InboxNew
+	var state webhook.InboxState
 	err := s.write(ctx, func(tx querier) error {
+		state = webhook.InboxNew // a write may run again
 		now := e.ReceivedAt.UnixMilli()
 		res, err := tx.ExecContext(ctx, `INSERT INTO webhook_inbox
 			(event_id, execution_id, type, status, previous_status, version, received_at, lease_until)
