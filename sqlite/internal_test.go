@@ -13,6 +13,7 @@ import (
 	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/fsm"
 	"github.com/execkit/execkit/providers/fake"
+	"github.com/execkit/execkit/webhook"
 )
 
 func TestContextCanceledAfterAWriteStartedStillCommitsIt(t *testing.T) {
@@ -354,5 +355,63 @@ func TestQueuedWritesShareOneCommit(t *testing.T) {
 	}
 	if got := commits.Load(); got != 1 {
 		t.Fatalf("%d writes queued together took %d commits, want 1", n, got)
+	}
+}
+
+// TestWritesRunAgainCountOnce runs writes that count what they did in a
+// group with a failing write, which runs the group twice: each must count
+// its work once.
+func TestWritesRunAgainCountOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	engine, err := execution.New(store, execution.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := engine.Register("servers.provision", fake.New(nil)); err != nil {
+		t.Fatal(err)
+	}
+	x, err := engine.Create(ctx, execution.CreateRequest{Action: "servers.provision"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := engine.Events(ctx, x.ID)
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("events: %v, %v", evs, err)
+	}
+	now := time.Now().UTC()
+	ep := webhook.Endpoint{ID: "wep_01J0000000000000000000000A", URL: "https://hooks.example.com/a",
+		EventTypes: []string{"*"}, CreatedAt: now, UpdatedAt: now}
+	if err := store.AddEndpoint(ctx, ep, "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The replay runs first in its group; the failing write after it
+	// makes the group run again.
+	release := holdGroup(t, store)
+	type replayed struct {
+		n   int
+		err error
+	}
+	replay := make(chan replayed, 1)
+	go func() {
+		n, err := store.Replay(ctx, ep.ID, []string{evs[0].ID}, now)
+		replay <- replayed{n, err}
+	}()
+	waitQueued(t, store, 1)
+	failed := make(chan error, 1)
+	go func() { failed <- store.write(ctx, func(querier) error { return errors.New("refused") }) }()
+	waitQueued(t, store, 2)
+	release()
+	if err := <-failed; err == nil {
+		t.Fatal("the failing write succeeded")
+	}
+	if got := <-replay; got.err != nil || got.n != 1 {
+		t.Fatalf("Replay of one event = %d, %v; want 1", got.n, got.err)
 	}
 }
