@@ -129,25 +129,44 @@ func create(ctx context.Context, tx querier, c execution.Creation) (execution.Ex
 	return e, true, nil
 }
 
-// appendHistory inserts history rows and their outbox events.
+// appendHistory inserts history rows and their outbox events, each kind in
+// one statement (per maxRows rows).
 func appendHistory(ctx context.Context, tx querier, ts []execution.Transition, evs []execution.Event) error {
-	for _, t := range ts {
+	for chunk := range slices.Chunk(ts, maxRows) {
+		args := make([]any, 0, 7*len(chunk))
+		for _, t := range chunk {
+			args = append(args, t.ExecutionID, t.Version, t.From, t.To, t.Event, t.Reason, t.At.UnixMilli())
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO transitions
-			(execution_id, version, from_status, to_status, event, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			t.ExecutionID, t.Version, t.From, t.To, t.Event, t.Reason, t.At.UnixMilli())
+			(execution_id, version, from_status, to_status, event, reason, at) VALUES `+rowsOf(7, len(chunk)), args...)
 		if err != nil {
-			return fmt.Errorf("insert transition %d of %s: %w", t.Version, t.ExecutionID, err)
+			return fmt.Errorf("insert transitions %d to %d of %s: %w",
+				chunk[0].Version, chunk[len(chunk)-1].Version, chunk[0].ExecutionID, err)
 		}
 	}
-	for _, ev := range evs {
+	for chunk := range slices.Chunk(evs, maxRows) {
+		args := make([]any, 0, 6*len(chunk))
+		for _, ev := range chunk {
+			args = append(args, ev.ID, ev.ExecutionID, ev.Type, ev.Version, ev.Payload, ev.CreatedAt.UnixMilli())
+		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO outbox
-			(id, execution_id, type, version, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
-			ev.ID, ev.ExecutionID, ev.Type, ev.Version, ev.Payload, ev.CreatedAt.UnixMilli())
+			(id, execution_id, type, version, payload, created_at) VALUES `+rowsOf(6, len(chunk)), args...)
 		if err != nil {
-			return fmt.Errorf("insert outbox event %s: %w", ev.ID, err)
+			return fmt.Errorf("insert outbox events %s to %s: %w", chunk[0].ID, chunk[len(chunk)-1].ID, err)
 		}
 	}
 	return nil
+}
+
+// maxRows bounds the rows of one insert, and so the statement texts.
+const maxRows = 16
+
+// rowsOf returns the VALUES list of an insert of n rows of k columns:
+// "(?, ?), (?, ?)". A change writes a handful of rows, so the texts are
+// few and each is prepared once.
+func rowsOf(k, n int) string {
+	row := "(" + strings.Repeat("?, ", k-1) + "?)"
+	return strings.Repeat(row+", ", n-1) + row
 }
 
 func errorCode(e *execution.Error) any {
