@@ -65,8 +65,18 @@ func (l *loop) unreserve() {
 func (g *Engine) startWorker(l *loop, e Execution, token string) {
 	go func() {
 		defer l.wg.Done()
-		defer func() { <-l.slots; g.wake.Notify() }()
-		g.process(l.workCtx, e, token)
+		settled := false
+		defer func() {
+			// The loop needs waking if it waits for a worker, or if this
+			// execution needs another call, which may be due before the
+			// loop's next look. One that ended needs nothing more.
+			full := len(l.slots) == cap(l.slots)
+			<-l.slots
+			if full || !settled {
+				g.wake.Notify()
+			}
+		}()
+		settled = g.process(l.workCtx, e, token)
 	}()
 }
 
@@ -215,8 +225,9 @@ func (g *Engine) idleWait(ctx context.Context) time.Duration {
 
 // process makes one provider call for a claimed execution and writes the
 // answer. ctx ending means the engine is stopping: the execution is then
-// released, and the interrupted call does not count as a failure.
-func (g *Engine) process(ctx context.Context, e Execution, token string) {
+// released, and the interrupted call does not count as a failure. It
+// reports whether its write made the execution terminal.
+func (g *Engine) process(ctx context.Context, e Execution, token string) (settled bool) {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 	defer cancel()
 
@@ -224,13 +235,12 @@ func (g *Engine) process(ctx context.Context, e Execution, token string) {
 	p := g.provider(e.Action)
 	if p == nil { // unregistered since the claim
 		g.release(wctx, e, token, now.Add(g.cfg.CheckInterval))
-		return
+		return false
 	}
 	if !e.Deadline.IsZero() && !now.Before(e.Deadline) {
 		u := Update{Status: fsm.Failed, Reason: "deadline passed",
 			Error: &Error{Code: CodeTimeout, Message: "deadline " + e.Deadline.Format(TimeFormat) + " passed"}}
-		g.finish(wctx, e, token, u, nil, false)
-		return
+		return g.finish(wctx, e, token, u, nil, false)
 	}
 
 	submit := e.SubmittedAt.IsZero()
@@ -239,10 +249,11 @@ func (g *Engine) process(ctx context.Context, e Execution, token string) {
 	switch {
 	case err != nil && ctx.Err() != nil:
 		g.release(wctx, e, token, g.now())
+		return false
 	case err != nil:
-		g.fail(wctx, e, token, err)
+		return g.fail(wctx, e, token, err)
 	default:
-		g.finish(wctx, e, token, u, p, submit)
+		return g.finish(wctx, e, token, u, p, submit)
 	}
 }
 
@@ -300,7 +311,7 @@ const overrunGrace = 100 * time.Millisecond
 // nil) or the engine's own decision to fail it. If the execution changed
 // since the claim (a pushed update or a cancel), the answer is applied to
 // the changed record as long as the lease holds.
-func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update, p Provider, submitted bool) {
+func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update, p Provider, submitted bool) (settled bool) {
 	if p != nil && u.Error != nil {
 		// A provider's error is made to fit, as a permanent one is.
 		u.Error = providerError(&PermanentError{Code: u.Error.Code, Message: u.Error.Message})
@@ -314,7 +325,7 @@ func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update
 			// The engine's own update is always valid; reaching here is a bug.
 			g.log.ErrorContext(ctx, "engine update not applied", attrExecution, e.ID, attrError, err)
 			g.release(ctx, e, token, now.Add(g.cfg.CheckInterval))
-			return
+			return false
 		case errors.Is(err, ErrInvalidTransition):
 			// Stale news, such as "accepted" for a running execution:
 			// on record, and the check counts as answered.
@@ -324,7 +335,7 @@ func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update
 			// A malformed answer is the provider's failure.
 			g.ignore(ctx, e, u.Status, "malformed provider answer: "+err.Error(), now)
 			g.fail(ctx, e, token, fmt.Errorf("malformed provider answer: %w", err))
-			return
+			return false
 		}
 		w.Expect.LeaseOwner = token
 		next := &w.Execution
@@ -349,28 +360,29 @@ func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update
 			if len(w.Transitions) > 0 {
 				g.watch.notify(e.ID)
 			}
-			return
+			return next.Done()
 		}
 		if !errors.Is(err, ErrConflict) {
 			g.log.ErrorContext(ctx, "write provider answer", attrExecution, e.ID, attrError, err)
 			g.release(ctx, e, token, now.Add(g.cfg.MinBackoff))
-			return
+			return false
 		}
 
 		fresh, err := g.store.Get(ctx, e.ID)
 		if err != nil {
 			g.log.ErrorContext(ctx, "reload execution", attrExecution, e.ID, attrError, err)
-			return
+			return false
 		}
 		if fresh.LeaseOwner != token {
 			if submitted && fresh.Status == fsm.Canceled {
 				g.cancelOrphan(ctx, p, fresh)
 			}
-			return // the lease moved on, or a terminal write cleared it
+			return false // the lease moved on, or a terminal write cleared it
 		}
 		e = fresh
 	}
 	g.release(ctx, e, token, g.now())
+	return false
 }
 
 // cancelOrphan asks the provider to stop work it accepted for an execution
@@ -388,20 +400,18 @@ func (g *Engine) cancelOrphan(ctx context.Context, p Provider, e Execution) {
 // fail records a failed provider call: a permanent error fails the
 // execution; a transient one schedules a retry after backoff, or fails the
 // execution once MaxFailedAttempts is reached.
-func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr error) {
+func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr error) (settled bool) {
 	e.FailedAttempts++
 	var perm *PermanentError
 	if errors.As(callErr, &perm) && perm != nil {
 		u := Update{Status: fsm.Failed, Reason: "permanent provider error", Error: providerError(perm)}
-		g.finish(ctx, e, token, u, nil, false)
-		return
+		return g.finish(ctx, e, token, u, nil, false)
 	}
 	if g.cfg.MaxFailedAttempts > 0 && e.FailedAttempts >= g.cfg.MaxFailedAttempts {
 		u := Update{Status: fsm.Failed, Reason: "retries exhausted",
 			Error: &Error{Code: CodeRetriesExhausted, Message: fmt.Sprintf("%d failed attempts in a row, the last: %s",
 				e.FailedAttempts, clip(strings.ToValidUTF8(callErr.Error(), "?"), maxCallErrorText))}}
-		g.finish(ctx, e, token, u, nil, false)
-		return
+		return g.finish(ctx, e, token, u, nil, false)
 	}
 	attempts := e.FailedAttempts
 
@@ -426,6 +436,7 @@ func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr er
 	} else if err != nil {
 		g.release(ctx, e, token, now)
 	}
+	return false
 }
 
 // providerError makes a provider's permanent error fit the execution
