@@ -401,7 +401,7 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 		} else if err != nil {
 			return e, fmt.Errorf("apply update to %s: %w", id, err)
 		}
-		g.changed(id)
+		g.changed(w.Execution)
 		return w.Execution, nil
 	}
 	return Execution{}, fmt.Errorf("apply update to %s: %w after %d tries", id, ErrConflict, maxConflictRetries)
@@ -460,7 +460,7 @@ func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, erro
 		} else if err != nil {
 			return e, fmt.Errorf("cancel execution %s: %w", id, err)
 		}
-		g.changed(id)
+		g.changed(w.Execution)
 		return w.Execution, nil
 	}
 	return Execution{}, fmt.Errorf("cancel execution %s: %w after %d tries", id, ErrConflict, maxConflictRetries)
@@ -500,10 +500,13 @@ func (g *Engine) now() time.Time {
 	return g.cfg.Clock.Now().UTC().Truncate(time.Millisecond)
 }
 
-// changed wakes the loop and the waiters of an execution after a write.
-func (g *Engine) changed(id string) {
-	g.watch.notify(id)
-	g.wake.Notify()
+// changed wakes the waiters of an execution after a write, and the loop
+// if the execution is still live: its next check may now be due sooner.
+func (g *Engine) changed(e Execution) {
+	g.watch.notify(e.ID)
+	if !e.Done() {
+		g.wake.Notify()
+	}
 }
 
 // Log attribute keys.
