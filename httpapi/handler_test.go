@@ -167,8 +167,8 @@ func TestCreateThenGet(t *testing.T) {
 		t.Fatalf("headers %v", r.header)
 	}
 	want := fmt.Sprintf(`{"id":"%s","action":"servers.provision","status":"pending","version":1,"done":false,`+
-		`"input":{"plan":"cx22"},"createdAt":"2026-05-30T12:00:00Z","updatedAt":"2026-05-30T12:00:00Z",`+
-		`"nextCheckAt":"2026-05-30T12:00:00Z"}`+"\n", x.ID)
+		`"input":{"plan":"cx22"},"createdAt":"2026-05-30T12:00:00.000Z","updatedAt":"2026-05-30T12:00:00.000Z",`+
+		`"nextCheckAt":"2026-05-30T12:00:00.000Z"}`+"\n", x.ID)
 	if string(r.body) != want {
 		t.Fatalf("body\n%s\nwant\n%s", r.body, want)
 	}
@@ -457,5 +457,19 @@ func TestProblemUnwrapsToSentinels(t *testing.T) {
 	_, err = c.Create(e.ctx, httpapi.CreateRequest{Action: "servers.provision", Input: json.RawMessage(`[]`)}, "")
 	if !errors.Is(err, execution.ErrInvalid) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestNewExecutionShowsNoNextCheckWhileAWorkerHoldsIt(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 5, 30, 12, 0, 0, 0, time.UTC)
+	e := execution.Execution{ID: "exe_01KSWC2RG098W71P6HFDGMJ7R3", Action: "servers.provision", Status: fsm.Pending,
+		Version: 1, Input: []byte(`{}`), CreatedAt: at, UpdatedAt: at, NextCheckAt: at.Add(time.Minute)}
+	if got := httpapi.NewExecution(e).NextCheckAt; got == nil || !got.Equal(at.Add(time.Minute)) {
+		t.Fatalf("unleased: nextCheckAt %v, want %s", got, at.Add(time.Minute))
+	}
+	e.LeaseOwner = "lse_01KSWC2RG098W71P6HFDGMJ7R4"
+	if got := httpapi.NewExecution(e).NextCheckAt; got != nil {
+		t.Fatalf("leased: nextCheckAt %s, want none (the lease's expiry is not a planned check)", got)
 	}
 }

@@ -16,7 +16,10 @@ import (
 )
 
 // Execution is the JSON form of an execution, as served and as the client
-// returns it. Field names match the webhook event payloads.
+// returns it. Field names and the form of times (RFC 3339 in UTC with
+// milliseconds, [execution.TimeFormat]) match the webhook event payloads.
+// NextCheckAt is absent for a terminal execution and while a worker is
+// calling the provider.
 type Execution struct {
 	ID          string           `json:"id"`
 	Action      string           `json:"action"`
@@ -78,10 +81,47 @@ func NewExecution(e execution.Execution) Execution {
 		CompletedAt: optionalTime(e.CompletedAt),
 		Deadline:    optionalTime(e.Deadline),
 	}
-	if !e.Done() {
+	if !e.Done() && e.LeaseOwner == "" {
+		// A leased execution's NextCheckAt is its lease's expiry, not a
+		// planned check: the check is in progress.
 		out.NextCheckAt = optionalTime(e.NextCheckAt)
 	}
 	return out
+}
+
+// stamp formats t as the event payloads do.
+func stamp(t time.Time) string { return t.UTC().Format(execution.TimeFormat) }
+
+func optionalStamp(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := stamp(*t)
+	return &s
+}
+
+// MarshalJSON writes times in [execution.TimeFormat], fixed width, so that
+// they match the event payloads and sort as text.
+func (x Execution) MarshalJSON() ([]byte, error) {
+	type plain Execution // without this method
+	return json.Marshal(struct {
+		plain
+		CreatedAt   string  `json:"createdAt"`
+		UpdatedAt   string  `json:"updatedAt"`
+		CompletedAt *string `json:"completedAt,omitempty"`
+		NextCheckAt *string `json:"nextCheckAt,omitempty"`
+		Deadline    *string `json:"deadline,omitempty"`
+	}{plain(x), stamp(x.CreatedAt), stamp(x.UpdatedAt), optionalStamp(x.CompletedAt),
+		optionalStamp(x.NextCheckAt), optionalStamp(x.Deadline)})
+}
+
+// MarshalJSON writes At in [execution.TimeFormat], as [Execution] does.
+func (t Transition) MarshalJSON() ([]byte, error) {
+	type plain Transition
+	return json.Marshal(struct {
+		plain
+		At string `json:"at"`
+	}{plain(t), stamp(t.At)})
 }
 
 func optionalTime(t time.Time) *time.Time {
