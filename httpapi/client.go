@@ -188,8 +188,9 @@ func (c *Client) List(ctx context.Context, o ListOptions) (Page, error) {
 }
 
 // Cancel cancels an execution. A cancel that lost the race to another
-// terminal state returns a [*Problem] of type [TypeConflict] whose
-// Execution is the record as it ended.
+// terminal state returns the execution as it ended, as the engine's Cancel
+// does, with an error that matches [execution.ErrTerminal] and is a
+// [*Problem] of type [TypeConflict].
 func (c *Client) Cancel(ctx context.Context, id, reason string) (Execution, error) {
 	if err := execution.ValidateID(id); err != nil {
 		return Execution{}, fmt.Errorf("cancel execution: %w", err)
@@ -201,6 +202,10 @@ func (c *Client) Cancel(ctx context.Context, id, reason string) (Execution, erro
 	_, err := c.do(ctx, http.MethodPost, "/executions/"+id+"/cancel", body, nil, &out)
 	if err == nil {
 		err = checkExecution(out, id)
+	}
+	var p *Problem
+	if errors.As(err, &p) && p.Type == TypeConflict && p.Execution != nil && p.Execution.Done {
+		return *p.Execution, fmt.Errorf("cancel execution: %w: %w", execution.ErrTerminal, err)
 	}
 	if err != nil {
 		return Execution{}, fmt.Errorf("cancel execution: %w", err)

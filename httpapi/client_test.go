@@ -244,3 +244,24 @@ func TestClientRoundTrip(t *testing.T) {
 		t.Fatalf("Wait = %+v, %v", got, err)
 	}
 }
+
+func TestClientCancelAfterCompletionReturnsTheEndedExecution(t *testing.T) {
+	t.Parallel()
+	e := setup(t, httpapi.Config{})
+	c, err := httpapi.NewClient(e.srv.URL, httpapi.ClientConfig{Header: http.Header{"X-Owner": {"cus_1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	x := e.create("cus_1")
+	if _, err := e.engine.Apply(ctx, x.ID, execution.Update{Status: fsm.Completed, Output: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Cancel(ctx, x.ID, "too late")
+	var p *httpapi.Problem
+	if got.ID != x.ID || got.Status != fsm.Completed || !errors.Is(err, execution.ErrTerminal) ||
+		!errors.Is(err, execution.ErrConflict) || !errors.As(err, &p) || p.Type != httpapi.TypeConflict {
+		t.Fatalf("Cancel of a completed execution = %s %s, %v; want it completed with ErrTerminal and a conflict problem",
+			got.ID, got.Status, err)
+	}
+}
