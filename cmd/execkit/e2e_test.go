@@ -267,3 +267,31 @@ func TestCommandLine(t *testing.T) {
 		t.Fatalf("endpoints ls through the configuration's database: %d %q %q", code, out.String(), errOut.String())
 	}
 }
+
+// TestConfigurationFromTheEnvironment is not parallel: it sets a variable
+// of the process.
+func TestConfigurationFromTheEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "env.db")
+	var out, errOut strings.Builder
+	if code := run([]string{"--db", db, "migrate"}, &out, &errOut); code != exitOK {
+		t.Fatalf("migrate: %d %q", code, errOut.String())
+	}
+	if code := run([]string{"--db", db, "endpoints", "add", "https://203.0.113.7/hooks"}, &out, &errOut); code != exitOK {
+		t.Fatalf("endpoints add: %d %q", code, errOut.String())
+	}
+	cfg := filepath.Join(dir, "execkit.toml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, "database = %q\n", db), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("EXECKIT_CONFIG", cfg)
+	out.Reset()
+	if code := run([]string{"endpoints", "ls", "--json"}, &out, &errOut); code != exitOK ||
+		!strings.Contains(out.String(), "203.0.113.7") {
+		t.Fatalf("endpoints ls with EXECKIT_CONFIG: %d %q %q", code, out.String(), errOut.String())
+	}
+	t.Setenv("EXECKIT_CONFIG", filepath.Join(dir, "missing.toml"))
+	if code := run([]string{"--db", db, "endpoints", "ls"}, &out, &errOut); code != exitFailure {
+		t.Fatalf("a missing configuration named by EXECKIT_CONFIG: %d, want %d", code, exitFailure)
+	}
+}

@@ -36,8 +36,8 @@ const (
 
 // Globals are the flags every command takes.
 type Globals struct {
-	DB     string `help:"SQLite file." default:"./execkit.db" type:"path"`
-	Config string `help:"Configuration file (TOML)." default:"./execkit.toml" type:"path"`
+	DB     string `help:"SQLite file; without it, the configuration's database, else ./execkit.db." default:"./execkit.db" type:"path" env:"EXECKIT_DB"`
+	Config string `help:"Configuration file (TOML)." default:"./execkit.toml" type:"path" env:"EXECKIT_CONFIG"`
 	JSON   bool   `help:"Print JSON instead of tables."`
 
 	configSet, dbSet, listenSet bool
@@ -95,6 +95,9 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 			}
 		}
 	}()
+	// A flag counts as given on the command line or in its variable.
+	cli.configSet = os.Getenv("EXECKIT_CONFIG") != ""
+	cli.dbSet = os.Getenv("EXECKIT_DB") != ""
 	for _, a := range args {
 		flag, _, _ := strings.Cut(a, "=")
 		switch flag {
