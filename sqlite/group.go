@@ -12,43 +12,61 @@ import (
 	"github.com/execkit/execkit/execution"
 )
 
-// Writes are committed in groups. Every write is queued; the caller that
-// finds no group running leads one: it takes every queued write (up to
-// maxGroup) and runs them in one transaction, and a write that fails or
-// panics undoes only itself (below). One commit then serves the whole
-// group. When it is done the leader hands the
-// lead to the first write still queued, so that no caller serves others
-// for longer than one group.
+// Writes are committed in groups. Every write is queued; a committer
+// goroutine, started when a write finds none running and ending when the
+// queue is empty, takes every queued write (up to maxGroup) and runs them
+// in one transaction, and a write that fails or panics undoes only itself
+// (below). One commit then serves the whole group, and the writes that
+// queue meanwhile form the next. Callers only wait: one whose context ends
+// leaves at once, unless its write has started.
 //
 // Savepoints cost two statements a write, and writes rarely fail, so a
 // group first runs without them. If any write fails, the transaction is
 // rolled back and the group runs again, this time with a savepoint around
 // each write. (Writes are already written to be run again: a busy
 // database is retried the same way.) A write alone in its group never
-// needs one: the transaction is its savepoint. Under load the group grows
-// by itself: the writes that queue while one group commits form the next.
+// needs one: the transaction is its savepoint.
 
 // maxGroup is the most writes one transaction carries.
 const maxGroup = 128
 
+// States of a write.
+const (
+	queued    int32 = iota // not started; its caller may still leave
+	started                // fn ran, or runs: the caller waits for the outcome
+	abandoned              // the caller left before it started; it never runs
+)
+
 // writeReq is one queued write.
 type writeReq struct {
-	ctx context.Context
-	fn  func(querier) error
-	// lead receives true when this caller must lead the next group, and
-	// false when its write is done.
-	lead chan bool
-	err  error
+	ctx   context.Context
+	fn    func(querier) error
+	state atomic.Int32
+	done  chan struct{} // closed when err and panicked are final
+	err   error
 	// panicked holds what fn panicked with, to be raised again in the
 	// caller's goroutine.
 	panicked any
+}
+
+// start marks the write started, unless its caller left or is leaving; it
+// reports whether the write is to run. A write started before (in an
+// earlier run of its group) runs again.
+func (r *writeReq) start() bool {
+	if r.state.Load() == started {
+		return true
+	}
+	if r.ctx.Err() != nil {
+		r.state.CompareAndSwap(queued, abandoned)
+	}
+	return r.state.CompareAndSwap(queued, started) || r.state.Load() == started
 }
 
 // group is the queue of writes waiting for a transaction.
 type group struct {
 	mu      sync.Mutex
 	queue   []*writeReq
-	running bool // a leader holds the lead
+	running bool // a committer goroutine is running
 }
 
 // write runs fn in a write transaction shared with other writes queued at
@@ -57,10 +75,12 @@ type group struct {
 // than once (when the database is busy, or another write of its group
 // failed), so it must reset what it collects.
 //
-// ctx bounds the wait in the queue. Once fn has started, the write is
-// carried through to its commit whatever happens to ctx: fn's statements
-// run without it, so that one caller giving up cannot undo the writes of
-// the others in its group.
+// ctx bounds the wait: while queued, or while its group waits for the
+// writer connection, a caller whose context ends returns its error and
+// the write never runs. Once fn has started, the write is carried through
+// to its commit whatever happens to ctx, and the caller is told the
+// outcome: fn's statements run without ctx, so that one caller giving up
+// cannot undo the writes of the others in its group.
 func (s *Store) write(ctx context.Context, fn func(querier) error) error {
 	if s.closed.Load() {
 		return execution.ErrClosed
@@ -68,26 +88,23 @@ func (s *Store) write(ctx context.Context, fn func(querier) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r := &writeReq{ctx: ctx, fn: fn, lead: make(chan bool, 1)}
+	r := &writeReq{ctx: ctx, fn: fn, done: make(chan struct{})}
 	g := &s.group
 	g.mu.Lock()
 	g.queue = append(g.queue, r)
-	lead := !g.running
-	g.running = true
+	if !g.running {
+		g.running = true
+		go s.commit()
+	}
 	g.mu.Unlock()
 
-	if !lead {
-		select {
-		case lead = <-r.lead:
-		case <-ctx.Done():
-			if g.withdraw(r) {
-				return ctx.Err()
-			}
-			lead = <-r.lead
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		if g.withdraw(r) || r.state.CompareAndSwap(queued, abandoned) {
+			return ctx.Err()
 		}
-	}
-	if lead {
-		s.lead()
+		<-r.done // it started: wait for the outcome
 	}
 	if r.panicked != nil {
 		panic(r.panicked)
@@ -96,8 +113,7 @@ func (s *Store) write(ctx context.Context, fn func(querier) error) error {
 }
 
 // withdraw takes r out of the queue if no group has taken it yet, and
-// reports whether it did. If r had just been handed the lead, the lead
-// passes on.
+// reports whether it did.
 func (g *group) withdraw(r *writeReq) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -106,43 +122,40 @@ func (g *group) withdraw(r *writeReq) bool {
 		return false
 	}
 	g.queue = slices.Delete(g.queue, i, i+1)
-	select {
-	case <-r.lead: // it was to lead
-		g.handOff()
-	default:
-	}
 	return true
 }
 
-// handOff gives the lead to the first queued write, or ends the run of
-// groups if none is queued. g.mu must be held.
-func (g *group) handOff() {
-	if len(g.queue) == 0 {
-		g.running = false
-		return
-	}
-	g.queue[0].lead <- true
-}
-
-// lead runs one group: the writes queued now, the leader's own first
-// among them.
-func (s *Store) lead() {
+// commit is the committer goroutine: it commits groups until the queue is
+// empty.
+func (s *Store) commit() {
 	g := &s.group
-	g.mu.Lock()
-	n := min(len(g.queue), maxGroup)
-	batch := slices.Clone(g.queue[:n])
-	g.queue = slices.Delete(g.queue, 0, n)
-	g.mu.Unlock()
+	for {
+		g.mu.Lock()
+		if len(g.queue) == 0 {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		n := min(len(g.queue), maxGroup)
+		batch := slices.Clone(g.queue[:n])
+		g.queue = slices.Delete(g.queue, 0, n)
+		g.mu.Unlock()
 
-	s.commitGroup(batch)
-
-	g.mu.Lock()
-	for _, r := range batch {
-		r.lead <- false
+		s.commitGroup(batch)
+		for _, r := range batch {
+			close(r.done)
+		}
+		// Statements first seen in this group are prepared now that the
+		// connection is back in the pool; briefly, as a host may hold it.
+		pctx, cancel := context.WithTimeout(context.Background(), prepareWait)
+		s.wstmts.prepareWanted(pctx)
+		cancel()
 	}
-	g.handOff()
-	g.mu.Unlock()
 }
+
+// prepareWait bounds the wait for the connection to prepare statements;
+// those not prepared run unprepared and are tried again later.
+const prepareWait = 50 * time.Millisecond
 
 // commitGroup runs batch in one transaction. A busy database (another
 // process held the lock past the busy timeout) is retried a few times
@@ -164,9 +177,6 @@ func (s *Store) commitGroup(batch []*writeReq) {
 		if errors.Is(err, errWriteFailed) {
 			err = s.commitOnce(wait, batch, true)
 		}
-		// The connection is back in the pool: statements first seen in
-		// this group can be prepared on it now.
-		s.wstmts.prepareWanted(context.Background())
 		busy := isBusy(err)
 		for _, r := range batch {
 			busy = busy || isBusy(r.err)
@@ -240,8 +250,8 @@ func (s *Store) commitOnce(wait context.Context, batch []*writeReq, savepoints b
 	alone := len(batch) == 1
 	for _, r := range batch {
 		r.err, r.panicked = nil, nil
-		if err := r.ctx.Err(); err != nil {
-			r.err = err
+		if !r.start() {
+			r.err = r.ctx.Err() // its caller has left
 			continue
 		}
 		if savepoints && !alone {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -413,5 +414,144 @@ func TestWritesRunAgainCountOnce(t *testing.T) {
 	}
 	if got := <-replay; got.err != nil || got.n != 1 {
 		t.Fatalf("Replay of one event = %d, %v; want 1", got.n, got.err)
+	}
+}
+
+// hostHolds begins a transaction on the store's DB, as a host would, and
+// returns once it holds the writer connection; end rolls it back.
+func hostHolds(t *testing.T, s *Store) (end func()) {
+	t.Helper()
+	tx, err := s.DB().BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := tx.Rollback(); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// within fails the test unless c delivers within a generous bound: what is
+// checked is that the call returns at all while something else is held.
+func within[T any](t *testing.T, c <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not return", what)
+		panic("unreachable")
+	}
+}
+
+func TestCallerLeavesItsGroupWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	end := hostHolds(t, store)
+
+	// Two writes wait for the connection the host holds: one whose context
+	// lives on (as the engine loop's does), one with a short deadline (as
+	// an HTTP request's).
+	long := make(chan error, 1)
+	go func() { long <- store.write(ctx, func(querier) error { return nil }) }()
+	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	var ran atomic.Bool
+	short := make(chan error, 1)
+	go func() { short <- store.write(sctx, func(querier) error { ran.Store(true); return nil }) }()
+
+	if err := within(t, short, "a write whose deadline passed"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("short write = %v, want its deadline", err)
+	}
+	end()
+	if err := within(t, long, "the write that waited on"); err != nil {
+		t.Fatal(err)
+	}
+	if ran.Load() {
+		t.Fatal("the write whose caller left ran")
+	}
+}
+
+func TestCommittedWriteReturnsWhileAHostTakesTheConnection(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	// Just before the commit, a host asks for the connection; it gets it
+	// as soon as the group gives it back.
+	hostHas := make(chan func(), 1)
+	store.beforeCommit = func(context.Context) {
+		store.beforeCommit = nil
+		waits := store.w.Stats().WaitCount
+		go func() { hostHas <- hostHolds(t, store) }()
+		for store.w.Stats().WaitCount == waits {
+			runtime.Gosched()
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- store.write(ctx, func(q querier) error {
+			// A statement never seen before, to be prepared after the commit.
+			_, err := q.ExecContext(ctx, `SELECT 1 WHERE 0 -- first seen here`)
+			return err
+		})
+	}()
+	if err := within(t, done, "a committed write"); err != nil {
+		t.Fatal(err)
+	}
+	end := within(t, hostHas, "the host's transaction")
+	end()
+}
+
+func TestStartedWriteIsCarriedThroughWhenItsGroupRunsAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if _, err := store.w.Exec(`CREATE TABLE t (k TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	release := holdGroup(t, store)
+	actx, cancelA := context.WithCancel(ctx)
+	var runsA atomic.Int32
+	a := make(chan error, 1)
+	go func() {
+		a <- store.write(actx, func(q querier) error {
+			runsA.Add(1)
+			_, err := q.ExecContext(ctx, `INSERT INTO t VALUES ('a')`)
+			return err
+		})
+	}()
+	waitQueued(t, store, 1)
+	b := make(chan error, 1)
+	go func() {
+		b <- store.write(ctx, func(querier) error {
+			cancelA() // A's caller gives up after A's statements ran
+			return errors.New("refused")
+		})
+	}()
+	waitQueued(t, store, 2)
+	release()
+	if err := within(t, a, "the started write"); err != nil {
+		t.Fatalf("a write that started = %v, want it carried through", err)
+	}
+	if err := within(t, b, "the failing write"); err == nil {
+		t.Fatal("the failing write succeeded")
+	}
+	var n int
+	if err := store.r.QueryRow(`SELECT count(*) FROM t`).Scan(&n); err != nil || n != 1 || runsA.Load() != 2 {
+		t.Fatalf("%d rows (%v) after %d runs; want 1 row, the write run twice", n, err, runsA.Load())
 	}
 }
