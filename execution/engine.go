@@ -259,7 +259,7 @@ func (g *Engine) create(ctx context.Context, tx *sql.Tx, req CreateRequest) (Exe
 	case token != "" && err == nil && created:
 		g.startWorker(l, e, token)
 	case token != "":
-		l.unreserve()
+		g.unreserve(l)
 	}
 	if err != nil {
 		return Execution{}, fmt.Errorf("create execution: %w", err)

@@ -38,9 +38,9 @@ type loop struct {
 	closing bool
 }
 
-// reserve takes a free worker for an execution created in this process,
-// or reports that none is free or the loop is stopping. A reserved worker
-// must be given to startWorker or returned with unreserve.
+// reserve takes a free worker slot for an execution created in this
+// process, or reports that none is free or the loop is stopping. A
+// reserved slot must be given to startWorker or returned with unreserve.
 func (l *loop) reserve() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -49,20 +49,36 @@ func (l *loop) reserve() bool {
 	}
 	select {
 	case l.slots <- struct{}{}:
-		l.wg.Add(1)
 		return true
 	default:
 		return false
 	}
 }
 
-func (l *loop) unreserve() {
+// unreserve returns a slot, and wakes the loop if it waited for one.
+func (g *Engine) unreserve(l *loop) {
+	full := len(l.slots) == cap(l.slots)
 	<-l.slots
-	l.wg.Done()
+	if full {
+		g.wake.Notify()
+	}
 }
 
-// startWorker processes a claimed execution on a reserved worker.
+// startWorker processes a claimed execution on a reserved slot. If the
+// loop has stopped taking work, it returns the slot and releases the
+// execution, due at once, instead.
 func (g *Engine) startWorker(l *loop, e Execution, token string) {
+	l.mu.Lock()
+	if l.closing || l.claimCtx.Err() != nil {
+		l.mu.Unlock()
+		g.unreserve(l)
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		defer cancel()
+		g.release(ctx, e, token, g.now())
+		return
+	}
+	l.wg.Add(1)
+	l.mu.Unlock()
 	go func() {
 		defer l.wg.Done()
 		settled := false
@@ -174,7 +190,6 @@ func (g *Engine) run(l *loop) {
 		}
 		for _, e := range batch {
 			l.slots <- struct{}{} // waits only if a creation took a slot since the count
-			l.wg.Add(1)
 			g.startWorker(l, e, token)
 		}
 		if len(batch) < free {
@@ -232,6 +247,12 @@ func (g *Engine) process(ctx context.Context, e Execution, token string) (settle
 	defer cancel()
 
 	now := g.now()
+	if !e.NextCheckAt.IsZero() && !now.Before(e.NextCheckAt) {
+		// The lease ran out before the work began (the write that took it
+		// waited that long): another worker may hold the execution now.
+		g.log.WarnContext(ctx, "lease expired before the provider call; left to the next claim", attrExecution, e.ID)
+		return false
+	}
 	p := g.provider(e.Action)
 	if p == nil { // unregistered since the claim
 		g.release(wctx, e, token, now.Add(g.cfg.CheckInterval))

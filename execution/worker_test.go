@@ -3,6 +3,7 @@ package execution_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"fmt"
 	"strings"
 	"sync"
@@ -435,5 +436,133 @@ func TestCreateHandsNewWorkToAFreeWorker(t *testing.T) {
 	// A stopped engine hands nothing out.
 	if z := e.create("slow.job"); z.LeaseOwner != "" {
 		t.Fatalf("created after Stop with lease %q", z.LeaseOwner)
+	}
+}
+
+// returns fails the test unless c delivers within a generous bound: what
+// is checked is that the call returns at all while the writer is held.
+func returns[T any](t *testing.T, c <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not return", what)
+		panic("unreachable")
+	}
+}
+
+func TestStopKeepsItsDeadlineWhileACreationWaitsForTheWriter(t *testing.T) {
+	t.Parallel()
+	e := setup(t, execution.Config{}, map[string]fake.Script{
+		"servers.provision": {Steps: []fake.Step{fake.Complete(0, `{}`)}}})
+	if err := e.engine.Start(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A host holds the writer; a creation takes a free worker and waits.
+	tx, err := e.store.DB().BeginTx(e.ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := make(chan execution.Execution, 1)
+	go func() {
+		x, err := e.engine.Create(e.ctx, execution.CreateRequest{Action: "servers.provision"})
+		if err != nil {
+			t.Error(err)
+		}
+		created <- x
+	}()
+	for e.store.DB().Stats().WaitCount == 0 {
+		runtime.Gosched()
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, 100*time.Millisecond)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- e.engine.Stop(ctx) }()
+	// Nothing is in flight: the waiting creation holds a slot, not a worker.
+	if err := returns(t, stopped, "Stop"); err != nil {
+		t.Fatalf("Stop = %v", err)
+	}
+
+	// The creation goes through once the host is done; no worker takes it
+	// after Stop, and it is left due for the next engine.
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	x := returns(t, created, "Create")
+	if got := e.get(x.ID); got.LeaseOwner != "" || got.Status != fsm.Pending || got.NextCheckAt.After(t0) {
+		t.Fatalf("after Stop: lease %q, %s, next check %s; want no lease, pending, due", got.LeaseOwner, got.Status, got.NextCheckAt)
+	}
+	if n := e.provider.CallsFor(x.ID, fake.MethodSubmit); n != 0 {
+		t.Fatalf("%d submissions after Stop", n)
+	}
+}
+
+// leaseWatcher completes every submission and counts those made on a
+// lease that had already expired by its clock.
+type leaseWatcher struct {
+	clock   *fake.Clock
+	expired atomic.Int32
+	calls   atomic.Int32
+}
+
+func (w *leaseWatcher) Name() string { return "lease-watcher" }
+
+func (w *leaseWatcher) Submit(ctx context.Context, e execution.Execution) (execution.Update, error) {
+	w.calls.Add(1)
+	if !w.clock.Now().Before(e.NextCheckAt) { // a claimed execution's NextCheckAt is its lease's expiry
+		w.expired.Add(1)
+	}
+	return execution.Update{Status: fsm.Completed, Output: []byte(`{}`)}, nil
+}
+
+func (w *leaseWatcher) Check(ctx context.Context, e execution.Execution) (execution.Update, error) {
+	return w.Submit(ctx, e)
+}
+
+func TestALeaseThatExpiredBeforeTheWorkBeganIsNotUsed(t *testing.T) {
+	t.Parallel()
+	e := setup(t, execution.Config{LeaseDuration: time.Second, ProviderTimeout: 500 * time.Millisecond}, nil)
+	w := &leaseWatcher{clock: e.clock}
+	if err := e.engine.Register("servers.provision", w); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.engine.Start(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The creation's lease runs out while its write waits for the writer.
+	tx, err := e.store.DB().BeginTx(e.ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := make(chan execution.Execution, 1)
+	go func() {
+		x, err := e.engine.Create(e.ctx, execution.CreateRequest{Action: "servers.provision"})
+		if err != nil {
+			t.Error(err)
+		}
+		created <- x
+	}()
+	for e.store.DB().Stats().WaitCount == 0 {
+		runtime.Gosched()
+	}
+	e.clock.Advance(5 * time.Second)
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	x := returns(t, created, "Create")
+	if err := e.engine.Stop(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Whoever claims it next (the loop may have already) calls once, on a
+	// live lease.
+	for range 3 {
+		if _, err := e.engine.RunOnce(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.get(x.ID); got.Status != fsm.Completed || w.expired.Load() != 0 || w.calls.Load() != 1 {
+		t.Fatalf("%s after %d calls, %d of them on an expired lease; want completed by one call on a live lease",
+			got.Status, w.calls.Load(), w.expired.Load())
 	}
 }
