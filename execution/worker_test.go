@@ -3,8 +3,8 @@ package execution_test
 import (
 	"context"
 	"errors"
-	"runtime"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
