@@ -300,19 +300,24 @@ func (s *Store) ClaimDeliveries(ctx context.Context, p webhook.ClaimParams) ([]w
 // dueDeliveries chooses the deliveries a claim takes: each enabled
 // endpoint's earliest due ones, at most PerEndpoint of them less those the
 // caller has in flight, taken in turns across endpoints (every endpoint's
-// first, then every endpoint's second, ...) up to Limit. An ordered
-// endpoint's delivery waits while an earlier version for the same
-// execution is pending or parked.
+// first, then every endpoint's second, ...) up to Limit, the endpoints
+// with fewest in flight first. An ordered endpoint's delivery waits while
+// an earlier version for the same execution is pending or parked, or not
+// fanned out yet (events are fanned out in id order, which need not be
+// version order when several processes write).
 func dueDeliveries(ctx context.Context, tx querier, p webhook.ClaimParams) ([]int64, error) {
 	// The per-endpoint limit is written into the text, as in Claim.
 	rows, err := tx.QueryContext(ctx, `SELECT d.endpoint_id, d.next_attempt_at, d.id FROM webhook_endpoints w, webhook_deliveries d
 		WHERE w.disabled_at IS NULL AND d.id IN (
 			SELECT x.id FROM webhook_deliveries x
 			WHERE x.endpoint_id = w.id AND x.state = 'pending' AND x.next_attempt_at <= ?
-			  AND (w.ordered = 0 OR NOT EXISTS (
+			  AND (w.ordered = 0 OR (NOT EXISTS (
 				SELECT 1 FROM webhook_deliveries e
 				WHERE e.endpoint_id = x.endpoint_id AND e.execution_id = x.execution_id
-				  AND e.version < x.version AND e.state IN ('pending', 'parked')))
+				  AND e.version < x.version AND e.state IN ('pending', 'parked'))
+			  AND NOT EXISTS (
+				SELECT 1 FROM outbox o
+				WHERE o.execution_id = x.execution_id AND o.version < x.version AND o.fanned_out = 0)))
 			ORDER BY x.next_attempt_at, x.id LIMIT `+strconv.Itoa(p.PerEndpoint)+`)`, p.Now.UnixMilli())
 	if err != nil {
 		return nil, fmt.Errorf("select due deliveries: %w", err)
@@ -338,7 +343,9 @@ func dueDeliveries(ctx context.Context, tx querier, p webhook.ClaimParams) ([]in
 		if p.Busy[c.ep]+taken[c.ep] >= p.PerEndpoint {
 			continue
 		}
-		c.turn = taken[c.ep]
+		// An endpoint's turn counts what it has in flight already, so that
+		// a busy endpoint's backlog does not go before an idle endpoint.
+		c.turn = p.Busy[c.ep] + taken[c.ep]
 		taken[c.ep]++
 		kept = append(kept, c)
 	}
