@@ -379,6 +379,12 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 	}
 
 	for range maxConflictRetries {
+		// TODO(perf): this read costs about as much as the write that
+		// follows; on two cores it keeps single transitions near half of
+		// SQLite's batched ceiling (see BENCHMARKS.md). Reading inside the
+		// write's group, or a cache of executions this process wrote
+		// (the write is conditional, so a stale entry is only a retry),
+		// would save most of it.
 		e, err := g.store.Get(ctx, id)
 		if err != nil {
 			return Execution{}, fmt.Errorf("apply update to %s: %w", id, err)
