@@ -129,8 +129,9 @@ type Engine struct {
 	mu        sync.RWMutex
 	providers map[string]Provider
 
-	wake  *wake.Signal
-	watch watchers
+	wake   *wake.Signal
+	watch  watchers
+	recent *recent // executions as this engine last wrote them
 
 	lifeMu  sync.Mutex
 	started bool
@@ -154,6 +155,7 @@ func New(store Store, cfg Config) (*Engine, error) {
 		ids:       newIDSource(),
 		providers: make(map[string]Provider),
 		wake:      wake.New(),
+		recent:    newRecent(),
 	}, nil
 }
 
@@ -255,6 +257,9 @@ func (g *Engine) create(ctx context.Context, tx *sql.Tx, req CreateRequest) (Exe
 		c.Execution.NextCheckAt = c.Execution.CreatedAt.Add(g.cfg.LeaseDuration)
 	}
 	e, created, err := g.store.Create(ctx, c)
+	if err == nil && created {
+		g.recent.put(e)
+	}
 	switch {
 	case token != "" && err == nil && created:
 		g.startWorker(l, e, token)
@@ -379,15 +384,15 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 	}
 
 	for range maxConflictRetries {
-		// TODO(perf): this read costs about as much as the write that
-		// follows; on two cores it keeps single transitions near half of
-		// SQLite's batched ceiling (see BENCHMARKS.md). Reading inside the
-		// write's group, or a cache of executions this process wrote
-		// (the write is conditional, so a stale entry is only a retry),
-		// would save most of it.
-		e, err := g.store.Get(ctx, id)
-		if err != nil {
-			return Execution{}, fmt.Errorf("apply update to %s: %w", id, err)
+		// The execution as this engine last wrote it saves a read; the
+		// write is conditional on its revision, so a stale one is a
+		// conflict and a fresh read. A terminal one is final.
+		e, cached := g.recent.get(id)
+		if !cached {
+			var err error
+			if e, err = g.store.Get(ctx, id); err != nil {
+				return Execution{}, fmt.Errorf("apply update to %s: %w", id, err)
+			}
 		}
 		now := g.now()
 		if e.Done() {
@@ -396,6 +401,10 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 		}
 
 		w, err := g.plan(ctx, e, u, now, true)
+		if err != nil && cached {
+			g.recent.drop(id) // refused: decide again on the stored record
+			continue
+		}
 		if errors.Is(err, ErrInvalidTransition) {
 			g.ignore(ctx, e, u.Status, err.Error(), now)
 		}
@@ -403,10 +412,13 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 			return e, fmt.Errorf("apply update to %s: %w", id, err)
 		}
 		if err := g.store.Write(ctx, w); errors.Is(err, ErrConflict) {
+			g.recent.drop(id)
 			continue
 		} else if err != nil {
+			g.recent.drop(id)
 			return e, fmt.Errorf("apply update to %s: %w", id, err)
 		}
+		g.recent.put(w.Execution)
 		g.changed(w.Execution)
 		return w.Execution, nil
 	}
@@ -462,10 +474,13 @@ func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, erro
 			return e, fmt.Errorf("cancel execution %s: %w", id, err)
 		}
 		if err := g.store.Write(ctx, w); errors.Is(err, ErrConflict) {
+			g.recent.drop(id)
 			continue
 		} else if err != nil {
+			g.recent.drop(id)
 			return e, fmt.Errorf("cancel execution %s: %w", id, err)
 		}
+		g.recent.put(w.Execution)
 		g.changed(w.Execution)
 		return w.Execution, nil
 	}

@@ -524,3 +524,39 @@ func TestTimesAreStoredAsInstantsWhateverTheZone(t *testing.T) {
 
 // noCancel hides a provider's Cancel method.
 type noCancel struct{ execution.Provider }
+
+// TestApplyFromAStaleRecordWritesNothingTwice: engine a wrote the
+// execution last, then engine b (another process) moved it on; a's next
+// update must be decided on the stored record.
+func TestApplyFromAStaleRecordWritesNothingTwice(t *testing.T) {
+	t.Parallel()
+	e := setup(t, execution.Config{}, map[string]fake.Script{"servers.provision": provisionScript})
+	b := e.newEngine(e.store, execution.Config{Clock: e.clock}, map[string]fake.Script{"servers.provision": provisionScript})
+	x := e.create("servers.provision")
+	if _, err := b.Apply(e.ctx, x.ID, execution.Update{Status: fsm.Accepted}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.engine.Apply(e.ctx, x.ID, execution.Update{Status: fsm.Running})
+	if err != nil || got.Status != fsm.Running || got.Version != 3 {
+		t.Fatalf("Apply = %s v%d, %v; want running v3", got.Status, got.Version, err)
+	}
+	var events []string
+	for _, tr := range e.history(x.ID) {
+		events = append(events, string(tr.Event))
+	}
+	if strings.Join(events, ",") != "create,accept,start" {
+		t.Fatalf("history %v, want create, accept, start", events)
+	}
+
+	// b ends it; a's view is stale again, and its update is refused for
+	// the stored reason.
+	if _, err := b.Apply(e.ctx, x.ID, execution.Update{Status: fsm.Completed, Output: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.engine.Apply(e.ctx, x.ID, execution.Update{Progress: []byte(`{"p":1}`)}); !errors.Is(err, execution.ErrTerminal) {
+		t.Fatalf("update after b completed it = %v, want ErrTerminal", err)
+	}
+	if got := e.get(x.ID); got.Status != fsm.Completed || got.Version != 4 || got.Progress != nil {
+		t.Fatalf("stored %s v%d progress %s; want completed v4, no progress", got.Status, got.Version, got.Progress)
+	}
+}

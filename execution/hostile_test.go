@@ -152,15 +152,15 @@ func TestApplyRefusesFieldsThatDoNotFitTheState(t *testing.T) {
 	}
 }
 
-// pausingStore runs a hook once, after the first Get that follows arm.
+// pausingStore runs a hook once, before the first Write after it is
+// set: between a change's decision and its write.
 type pausingStore struct {
 	*sqlite.Store
 	mu   sync.Mutex
 	hook func()
 }
 
-func (s *pausingStore) Get(ctx context.Context, id string) (execution.Execution, error) {
-	e, err := s.Store.Get(ctx, id)
+func (s *pausingStore) Write(ctx context.Context, w execution.Write) error {
 	s.mu.Lock()
 	hook := s.hook
 	s.hook = nil
@@ -168,7 +168,7 @@ func (s *pausingStore) Get(ctx context.Context, id string) (execution.Execution,
 	if hook != nil {
 		hook()
 	}
-	return e, err
+	return s.Store.Write(ctx, w)
 }
 
 func TestApplyNeverUndoesANewerWrite(t *testing.T) {
@@ -184,7 +184,8 @@ func TestApplyNeverUndoesANewerWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Between the outer Apply's read and its write, another update lands.
+	// Between the outer Apply's decision and its write, another update
+	// lands.
 	ps.mu.Lock()
 	ps.hook = func() {
 		if _, err := g.Apply(e.ctx, x.ID, execution.Update{ExternalRef: "ref-42"}); err != nil {

@@ -228,6 +228,9 @@ func (g *Engine) claim(ctx context.Context, limit int) ([]Execution, string, err
 	if err != nil {
 		return nil, "", fmt.Errorf("claim executions: %w", err)
 	}
+	for _, e := range batch {
+		g.recent.put(e)
+	}
 	return batch, token, nil
 }
 
@@ -378,11 +381,13 @@ func (g *Engine) finish(ctx context.Context, e Execution, token string, u Update
 
 		err = g.store.Write(ctx, w)
 		if err == nil {
+			g.recent.put(w.Execution)
 			if len(w.Transitions) > 0 {
 				g.watch.notify(e.ID)
 			}
 			return next.Done()
 		}
+		g.recent.drop(e.ID)
 		if !errors.Is(err, ErrConflict) {
 			g.log.ErrorContext(ctx, "write provider answer", attrExecution, e.ID, attrError, err)
 			g.release(ctx, e, token, now.Add(g.cfg.MinBackoff))
@@ -452,10 +457,15 @@ func (g *Engine) fail(ctx context.Context, e Execution, token string, callErr er
 	next.NextCheckAt = g.bounded(now.Add(wait), e.Deadline)
 	w := Write{Expect: Expect{Status: e.Status, Version: e.Version, Revision: e.Revision, LeaseOwner: token},
 		Execution: next}
-	if err := g.store.Write(ctx, w); err != nil && !errors.Is(err, ErrConflict) {
-		g.log.ErrorContext(ctx, "record failed attempt", attrExecution, e.ID, attrError, err)
-	} else if err != nil {
+	err := g.store.Write(ctx, w)
+	switch {
+	case err == nil:
+		g.recent.put(w.Execution)
+	case errors.Is(err, ErrConflict):
 		g.release(ctx, e, token, now)
+	default:
+		g.recent.drop(e.ID)
+		g.log.ErrorContext(ctx, "record failed attempt", attrExecution, e.ID, attrError, err)
 	}
 	return false
 }
@@ -472,6 +482,7 @@ func providerError(perm *PermanentError) *Error {
 }
 
 func (g *Engine) release(ctx context.Context, e Execution, token string, next time.Time) {
+	g.recent.drop(e.ID)
 	if err := g.store.Release(ctx, e.ID, token, next); err != nil {
 		g.log.ErrorContext(ctx, "release lease", attrExecution, e.ID, attrError, err)
 	}
