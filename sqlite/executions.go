@@ -272,6 +272,12 @@ func (s *Store) List(ctx context.Context, f execution.Filter) (execution.Page, e
 
 // Write implements [execution.Store.Write].
 func (s *Store) Write(ctx context.Context, w execution.Write) error {
+	// TODO(perf): a transition costs the writer about a third more than
+	// SQLite's bare batched transition: this update sets the indexed due
+	// and completion times even when they do not change, and the outbox
+	// row goes into four b-trees (rowid, id, execution and version, not
+	// fanned out). It keeps single transitions near half the batched
+	// ceiling on two cores (see BENCHMARKS.md).
 	return s.write(ctx, func(tx querier) error {
 		e := w.Execution
 		leased := w.Expect.LeaseOwner != ""
