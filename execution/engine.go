@@ -386,7 +386,8 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 	for range maxConflictRetries {
 		// The execution as this engine last wrote it saves a read; the
 		// write is conditional on its revision, so a stale one is a
-		// conflict and a fresh read. A terminal one is final.
+		// conflict and a fresh read. Anything but a write is decided on
+		// the stored record (which may, for one, have been pruned).
 		e, cached := g.recent.get(id)
 		if !cached {
 			var err error
@@ -395,6 +396,10 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 			}
 		}
 		now := g.now()
+		if e.Done() && cached {
+			g.recent.drop(id)
+			continue
+		}
 		if e.Done() {
 			g.ignore(ctx, e, u.Status, "update for a terminal execution", now)
 			return e, fmt.Errorf("apply update to %s: %w: it is %s", id, ErrTerminal, e.Status)

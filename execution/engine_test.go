@@ -12,6 +12,7 @@ import (
 	"github.com/execkit/execkit/execution"
 	"github.com/execkit/execkit/fsm"
 	"github.com/execkit/execkit/providers/fake"
+	"github.com/execkit/execkit/sqlite"
 )
 
 var provisionScript = fake.Script{Steps: []fake.Step{
@@ -558,5 +559,25 @@ func TestApplyFromAStaleRecordWritesNothingTwice(t *testing.T) {
 	}
 	if got := e.get(x.ID); got.Status != fsm.Completed || got.Version != 4 || got.Progress != nil {
 		t.Fatalf("stored %s v%d progress %s; want completed v4, no progress", got.Status, got.Version, got.Progress)
+	}
+}
+
+// TestApplyAfterPruneFindsNothing: the engine's copy of an execution it
+// ended does not outlive the record.
+func TestApplyAfterPruneFindsNothing(t *testing.T) {
+	t.Parallel()
+	e := setup(t, execution.Config{}, map[string]fake.Script{"servers.provision": provisionScript})
+	x := e.create("servers.provision")
+	if _, err := e.engine.Apply(e.ctx, x.ID, execution.Update{Status: fsm.Completed, Output: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.FanOut(e.ctx, t0, 100); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.store.Prune(e.ctx, sqlite.PruneOptions{Before: t0.Add(time.Hour)}); err != nil || res.Executions != 1 {
+		t.Fatalf("Prune = %+v, %v", res, err)
+	}
+	if _, err := e.engine.Apply(e.ctx, x.ID, execution.Update{Status: fsm.Completed}); !errors.Is(err, execution.ErrNotFound) {
+		t.Fatalf("Apply to a pruned execution = %v, want ErrNotFound", err)
 	}
 }
