@@ -2,6 +2,7 @@ package execution_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"runtime"
@@ -439,6 +440,29 @@ func TestCreateHandsNewWorkToAFreeWorker(t *testing.T) {
 	}
 }
 
+// createBehindAHost begins a host transaction on the store's writer, then
+// starts a creation of action, which waits for the writer; it returns the
+// host's transaction and where the created execution will arrive.
+func (e *env) createBehindAHost(action string) (*sql.Tx, <-chan execution.Execution) {
+	e.t.Helper()
+	tx, err := e.store.DB().BeginTx(e.ctx, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	created := make(chan execution.Execution, 1)
+	go func() {
+		x, err := e.engine.Create(e.ctx, execution.CreateRequest{Action: action})
+		if err != nil {
+			e.t.Error(err)
+		}
+		created <- x
+	}()
+	for e.store.DB().Stats().WaitCount == 0 {
+		runtime.Gosched()
+	}
+	return tx, created
+}
+
 // returns fails the test unless c delivers within a generous bound: what
 // is checked is that the call returns at all while the writer is held.
 func returns[T any](t *testing.T, c <-chan T, what string) T {
@@ -460,21 +484,7 @@ func TestStopKeepsItsDeadlineWhileACreationWaitsForTheWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A host holds the writer; a creation takes a free worker and waits.
-	tx, err := e.store.DB().BeginTx(e.ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	created := make(chan execution.Execution, 1)
-	go func() {
-		x, err := e.engine.Create(e.ctx, execution.CreateRequest{Action: "servers.provision"})
-		if err != nil {
-			t.Error(err)
-		}
-		created <- x
-	}()
-	for e.store.DB().Stats().WaitCount == 0 {
-		runtime.Gosched()
-	}
+	tx, created := e.createBehindAHost("servers.provision")
 	ctx, cancel := context.WithTimeout(e.ctx, 100*time.Millisecond)
 	defer cancel()
 	stopped := make(chan error, 1)
@@ -531,21 +541,7 @@ func TestALeaseThatExpiredBeforeTheWorkBeganIsNotUsed(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The creation's lease runs out while its write waits for the writer.
-	tx, err := e.store.DB().BeginTx(e.ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	created := make(chan execution.Execution, 1)
-	go func() {
-		x, err := e.engine.Create(e.ctx, execution.CreateRequest{Action: "servers.provision"})
-		if err != nil {
-			t.Error(err)
-		}
-		created <- x
-	}()
-	for e.store.DB().Stats().WaitCount == 0 {
-		runtime.Gosched()
-	}
+	tx, created := e.createBehindAHost("servers.provision")
 	e.clock.Advance(5 * time.Second)
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)

@@ -20,11 +20,7 @@ import (
 func TestContextCanceledAfterAWriteStartedStillCommitsIt(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	clock := fake.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	engine, err := execution.New(store, execution.Config{Clock: clock})
 	if err != nil {
@@ -87,11 +83,7 @@ func holdGroup(t *testing.T, s *Store) (release func()) {
 func TestWriteCanceledWhileQueuedIsNotRun(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	release := holdGroup(t, store)
 
 	cctx, cancel := context.WithCancel(ctx)
@@ -133,11 +125,7 @@ func waitQueued(t *testing.T, s *Store, n int) {
 func TestGroupedWritesFailAlone(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	if _, err := store.w.Exec(`CREATE TABLE t (k TEXT UNIQUE)`); err != nil {
 		t.Fatal(err)
 	}
@@ -302,11 +290,7 @@ func TestOpenAcceptsHashInPaths(t *testing.T) {
 func TestWriteWaitingForAHostTransactionEndsWithItsContext(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	// The host holds the one writer connection in a transaction of its own.
 	tx, err := store.DB().BeginTx(ctx, nil)
 	if err != nil {
@@ -328,11 +312,7 @@ func TestWriteWaitingForAHostTransactionEndsWithItsContext(t *testing.T) {
 func TestQueuedWritesShareOneCommit(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	release := holdGroup(t, store)
 	var commits atomic.Int32
 	const n = 5
@@ -365,11 +345,7 @@ func TestQueuedWritesShareOneCommit(t *testing.T) {
 func TestWritesRunAgainCountOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	engine, err := execution.New(store, execution.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -448,11 +424,7 @@ func within[T any](t *testing.T, c <-chan T, what string) T {
 func TestCallerLeavesItsGroupWhenItsContextEnds(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	end := hostHolds(t, store)
 
 	// Two writes wait for the connection the host holds: one whose context
@@ -481,11 +453,7 @@ func TestCallerLeavesItsGroupWhenItsContextEnds(t *testing.T) {
 func TestCommittedWriteReturnsWhileAHostTakesTheConnection(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	// Just before the commit, a host asks for the connection; it gets it
 	// as soon as the group gives it back.
 	hostHas := make(chan func(), 1)
@@ -515,11 +483,7 @@ func TestCommittedWriteReturnsWhileAHostTakesTheConnection(t *testing.T) {
 func TestStartedWriteIsCarriedThroughWhenItsGroupRunsAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store, err := Open(ctx, filepath.Join(t.TempDir(), "x.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openTemp(t)
 	if _, err := store.w.Exec(`CREATE TABLE t (k TEXT)`); err != nil {
 		t.Fatal(err)
 	}
@@ -554,4 +518,15 @@ func TestStartedWriteIsCarriedThroughWhenItsGroupRunsAgain(t *testing.T) {
 	if err := store.r.QueryRow(`SELECT count(*) FROM t`).Scan(&n); err != nil || n != 1 || runsA.Load() != 2 {
 		t.Fatalf("%d rows (%v) after %d runs; want 1 row, the write run twice", n, err, runsA.Load())
 	}
+}
+
+// openTemp opens a store on a new file that the test's end closes.
+func openTemp(t *testing.T) *Store {
+	t.Helper()
+	store, err := Open(context.Background(), filepath.Join(t.TempDir(), "x.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
 }
