@@ -254,7 +254,7 @@ func (g *Engine) create(ctx context.Context, tx *sql.Tx, req CreateRequest) (Exe
 	if l != nil && l.reserve() {
 		token = g.ids.next("lse_", c.Execution.CreatedAt)
 		c.Execution.LeaseOwner = token
-		c.Execution.NextCheckAt = c.Execution.CreatedAt.Add(g.cfg.LeaseDuration)
+		c.Execution.NextCheckAt = c.Execution.CreatedAt.Add(g.cfg.LeaseDuration).Truncate(time.Millisecond)
 	}
 	e, created, err := g.store.Create(ctx, c)
 	if err == nil && created {

@@ -3,6 +3,7 @@ package execution
 import (
 	"bytes"
 	"sync"
+	"time"
 )
 
 // recent holds executions as this engine last wrote or claimed them, so
@@ -20,8 +21,9 @@ type recent struct {
 const (
 	// recentMax bounds the entries; a full cache forgets one at random.
 	recentMax = 4096
-	// recentMaxBytes bounds the JSON one entry may hold, so that the
-	// cache stays within a few megabytes whatever the inputs.
+	// recentMaxBytes bounds the JSON and text one entry may hold, so that
+	// the cache stays under about 20 MB whatever the executions hold (a
+	// few MB for typical ones).
 	recentMaxBytes = 4 << 10
 )
 
@@ -48,11 +50,19 @@ func cloneJSON(e Execution) Execution {
 // put records e as stored. Its JSON is copied, so that what callers do
 // with the values they are handed cannot reach the entry.
 func (r *recent) put(e Execution) {
-	if len(e.Input)+len(e.Output)+len(e.Progress) > recentMaxBytes {
+	size := len(e.Input) + len(e.Output) + len(e.Progress) + len(e.ExternalRef) + len(e.IdempotencyKey)
+	if e.Error != nil {
+		size += len(e.Error.Code) + len(e.Error.Message)
+	}
+	if size > recentMaxBytes {
 		r.drop(e.ID)
 		return
 	}
 	e = cloneJSON(e)
+	// As stored: to the millisecond.
+	for _, t := range []*time.Time{&e.SubmittedAt, &e.CreatedAt, &e.UpdatedAt, &e.CompletedAt, &e.NextCheckAt, &e.Deadline} {
+		*t = t.Truncate(time.Millisecond)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.m[e.ID]; !ok && len(r.m) >= recentMax {

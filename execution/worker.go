@@ -306,9 +306,9 @@ func (g *Engine) call(ctx context.Context, p Provider, e Execution, submit bool)
 		}()
 		var r result
 		if submit {
-			r.u, r.err = p.Submit(ctx, e)
+			r.u, r.err = p.Submit(ctx, cloneJSON(e)) // a copy: what it changes stays its own
 		} else {
-			r.u, r.err = p.Check(ctx, e)
+			r.u, r.err = p.Check(ctx, cloneJSON(e))
 		}
 		done <- r
 	}()
@@ -489,9 +489,10 @@ func (g *Engine) release(ctx context.Context, e Execution, token string, next ti
 }
 
 // bounded returns t, or the deadline if that comes first.
+// Times are kept to the millisecond, as they are stored.
 func (g *Engine) bounded(t, deadline time.Time) time.Time {
 	if !deadline.IsZero() && deadline.Before(t) {
 		return deadline
 	}
-	return t
+	return t.Truncate(time.Millisecond)
 }

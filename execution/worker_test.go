@@ -562,3 +562,43 @@ func TestALeaseThatExpiredBeforeTheWorkBeganIsNotUsed(t *testing.T) {
 			got.Status, w.calls.Load(), w.expired.Load())
 	}
 }
+
+// meddler changes the execution it is handed, then answers as told.
+type meddler struct{ err error }
+
+func (meddler) Name() string { return "meddler" }
+
+func (m meddler) Submit(ctx context.Context, e execution.Execution) (execution.Update, error) {
+	e.Input[2] = 'Z'
+	return execution.Update{Status: fsm.Accepted}, m.err
+}
+
+func (m meddler) Check(ctx context.Context, e execution.Execution) (execution.Update, error) {
+	return m.Submit(ctx, e)
+}
+
+// TestWhatAProviderDoesToItsCopyStaysThere: Apply, planned from the
+// engine's copy of the execution, returns the stored record, whatever the
+// provider did to the execution it was handed, and to the millisecond.
+func TestWhatAProviderDoesToItsCopyStaysThere(t *testing.T) {
+	t.Parallel()
+	for _, callErr := range []error{nil, errors.New("try again")} {
+		e := setup(t, execution.Config{}, nil)
+		if err := e.engine.Register("servers.provision", meddler{err: callErr}); err != nil {
+			t.Fatal(err)
+		}
+		x := e.create("servers.provision")
+		if _, err := e.engine.RunOnce(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.engine.Apply(e.ctx, x.ID, execution.Update{Status: fsm.Running})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored := e.get(x.ID)
+		if string(got.Input) != `{"n":1}` || !got.NextCheckAt.Equal(stored.NextCheckAt) || got.Revision != stored.Revision {
+			t.Fatalf("call error %v: Apply returned input %s, next check %s, r%d; stored %s, %s, r%d",
+				callErr, got.Input, got.NextCheckAt, got.Revision, stored.Input, stored.NextCheckAt, stored.Revision)
+		}
+	}
+}

@@ -175,12 +175,12 @@ func (s *Store) commitGroup(batch []*writeReq) {
 		}
 		err := s.commitOnce(wait, batch, len(batch) == 1)
 		if errors.Is(err, errWriteFailed) {
-			err = s.commitOnce(wait, batch, true)
+			err = s.commitOnce(carry(wait, batch), batch, true)
 		}
-		busy := isBusy(err)
-		for _, r := range batch {
-			busy = busy || isBusy(r.err)
-		}
+		// Only a transaction that failed as a whole is tried again; in a
+		// group, a write that failed on its own was undone alone.
+		busy := isBusy(err) || (len(batch) == 1 && isBusy(batch[0].err))
+		wait = carry(wait, batch)
 		if !busy || attempt == tries-1 {
 			for _, r := range batch {
 				switch {
@@ -197,6 +197,18 @@ func (s *Store) commitGroup(batch []*writeReq) {
 		}
 		s.log.Warn("database busy, retrying write", "attempt", attempt+1, "writes", len(batch))
 	}
+}
+
+// carry returns the context a group waits for the writer under: wait,
+// until one of its writes has started; from then on none, since a started
+// write is carried through to its commit.
+func carry(wait context.Context, batch []*writeReq) context.Context {
+	for _, r := range batch {
+		if r.state.Load() == started {
+			return context.Background()
+		}
+	}
+	return wait
 }
 
 // waitAll returns a context that ends once the contexts of every write in

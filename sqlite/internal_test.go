@@ -530,3 +530,46 @@ func openTemp(t *testing.T) *Store {
 	t.Cleanup(func() { store.Close() })
 	return store
 }
+
+func TestStartedWriteIsCarriedThroughWhenEveryCallerLeft(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := openTemp(t)
+	if _, err := store.w.Exec(`CREATE TABLE t (k TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	release := holdGroup(t, store)
+	actx, cancelA := context.WithCancel(ctx)
+	bctx, cancelB := context.WithCancel(ctx)
+	a := make(chan error, 1)
+	go func() {
+		a <- store.write(actx, func(q querier) error {
+			_, err := q.ExecContext(ctx, `INSERT INTO t VALUES ('a')`)
+			return err
+		})
+	}()
+	waitQueued(t, store, 1)
+	b := make(chan error, 1)
+	go func() {
+		b <- store.write(bctx, func(querier) error {
+			// Every caller of the group gives up after A started; the
+			// group then runs again.
+			cancelA()
+			cancelB()
+			for range 100 {
+				runtime.Gosched()
+			}
+			return errors.New("refused")
+		})
+	}()
+	waitQueued(t, store, 2)
+	release()
+	if err := within(t, a, "the started write"); err != nil {
+		t.Fatalf("a write that started = %v, want it carried through", err)
+	}
+	<-b
+	var n int
+	if err := store.r.QueryRow(`SELECT count(*) FROM t`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d rows, %v; want 1", n, err)
+	}
+}
