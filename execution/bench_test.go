@@ -51,13 +51,7 @@ func BenchmarkLifecycle(b *testing.B) {
 // history row and its event in one transaction.
 func BenchmarkCreate(b *testing.B) {
 	ctx := context.Background()
-	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
-	engine, _ := execution.New(store, execution.Config{})
-	_ = engine.Register("servers.provision", fake.New(nil))
+	engine := benchEngine(b)
 	for b.Loop() {
 		if _, err := engine.Create(ctx, execution.CreateRequest{Action: "servers.provision", Input: []byte(`{"plan":"cx22"}`)}); err != nil {
 			b.Fatal(err)
@@ -71,13 +65,7 @@ func BenchmarkCreate(b *testing.B) {
 // sharing a commit.
 func BenchmarkApply(b *testing.B) {
 	ctx := context.Background()
-	store, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
-	engine, _ := execution.New(store, execution.Config{})
-	_ = engine.Register("servers.provision", fake.New(nil))
+	engine := benchEngine(b)
 	ids := make(chan string, b.N)
 	for range b.N {
 		x, err := engine.Create(ctx, execution.CreateRequest{Action: "servers.provision"})
@@ -97,4 +85,23 @@ func BenchmarkApply(b *testing.B) {
 			}
 		}
 	})
+}
+
+// benchEngine is an engine on a new file with the fake provider for
+// servers.provision; the benchmark's end closes the file.
+func benchEngine(b *testing.B) *execution.Engine {
+	b.Helper()
+	store, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { store.Close() })
+	engine, err := execution.New(store, execution.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := engine.Register("servers.provision", fake.New(nil)); err != nil {
+		b.Fatal(err)
+	}
+	return engine
 }

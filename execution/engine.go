@@ -423,7 +423,6 @@ func (g *Engine) Apply(ctx context.Context, id string, u Update) (Execution, err
 			g.recent.drop(id)
 			return e, fmt.Errorf("apply update to %s: %w", id, err)
 		}
-		g.recent.put(w.Execution)
 		g.changed(w.Execution)
 		return w.Execution, nil
 	}
@@ -485,7 +484,6 @@ func (g *Engine) Cancel(ctx context.Context, id, reason string) (Execution, erro
 			g.recent.drop(id)
 			return e, fmt.Errorf("cancel execution %s: %w", id, err)
 		}
-		g.recent.put(w.Execution)
 		g.changed(w.Execution)
 		return w.Execution, nil
 	}
@@ -526,9 +524,11 @@ func (g *Engine) now() time.Time {
 	return g.cfg.Clock.Now().UTC().Truncate(time.Millisecond)
 }
 
-// changed wakes the waiters of an execution after a write, and the loop
-// if the execution is still live: its next check may now be due sooner.
+// changed follows a write of e: it keeps e as written, wakes e's waiters,
+// and wakes the loop if e is still live (its next check may now be due
+// sooner).
 func (g *Engine) changed(e Execution) {
+	g.recent.put(e)
 	g.watch.notify(e.ID)
 	if !e.Done() {
 		g.wake.Notify()

@@ -489,10 +489,9 @@ func (g *Engine) release(ctx context.Context, e Execution, token string, next ti
 }
 
 // bounded returns t, or the deadline if that comes first.
-// Times are kept to the millisecond, as they are stored.
 func (g *Engine) bounded(t, deadline time.Time) time.Time {
 	if !deadline.IsZero() && deadline.Before(t) {
 		return deadline
 	}
-	return t.Truncate(time.Millisecond)
+	return t
 }
